@@ -1,0 +1,95 @@
+"""MLflow set-up and logging helpers.
+
+Default tracking is a SQLite file inside the project (absolute path, so DVC experiment runs that execute
+in a temporary copy of the repo still write to the same database). `MLFLOW_TRACKING_URI` overrides it,
+which is how the scale-out stack in docker/ points runs at a real server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lewm.config import PROJECT_ROOT, TrackingConfig
+
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+
+
+def project_db_root() -> Path:
+    """Directory holding the default SQLite database: the main checkout, also inside `dvc exp run` copies."""
+    override = os.environ.get("LEWM_PROJECT_ROOT")
+    return Path(override).resolve() if override else PROJECT_ROOT
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else the params value, else the project's SQLite file."""
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or cfg.tracking_uri
+        or f"sqlite:///{project_db_root() / 'mlflow.db'}"
+    )
+
+
+def configure(cfg: TrackingConfig) -> str:
+    """Point MLflow at the tracking store and experiment; return the tracking URI."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_ARTIFACT_ROOT"):
+        artifact_root = project_db_root() / "mlartifacts"
+        if mlflow.get_experiment_by_name(cfg.experiment) is None:
+            mlflow.create_experiment(cfg.experiment, artifact_location=artifact_root.as_uri())
+    mlflow.set_experiment(cfg.experiment)
+    return uri
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested params into `a.b.c` keys, the form MLflow params take."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log nested params in batches (one SQLite round trip per 100 params, not one per value)."""
+    import mlflow
+
+    flat = {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in flatten(params).items()}
+    items = list(flat.items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i : i + 100]))
+
+
+def log_table(df: Any, artifact_file: str) -> None:
+    """Log a pandas DataFrame as a Parquet artifact at `artifact_file` (e.g. `plan/episodes.parquet`)."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        df.to_parquet(path, index=False)
+        parent = str(Path(artifact_file).parent)
+        mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)
+
+
+def read_run_id(run_file: str | Path) -> str:
+    """The MLflow run id that the training stage recorded in `run.json`."""
+    path = Path(run_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no training run recorded (run the train stage first)")
+    return json.loads(path.read_text())["run_id"]
