@@ -1,0 +1,251 @@
+"""The LeWM world model (reference §2): pixels → encoder → BN projector → z; (z, action blocks) →
+AdaLN-zero causal transformer → BN projector → next z.
+
+- `Encoder`: a randomly initialised timm ViT ([CLS] token after the final LayerNorm) or ResNet (pooled).
+- `MLP`: Linear → BatchNorm1d → GELU → Linear, used as the projector after the encoder and as `pred_proj`
+  after the predictor; the BatchNorm lets SIGReg shape the embeddings despite the ViT's final LayerNorm.
+- `ActionEncoder`: per-time-step embedding of an action block (frameskip raw actions stacked).
+- `Predictor`: learned positions, DiT-style AdaLN-zero blocks conditioned per token on the action
+  embedding, causal attention, final LayerNorm. Zero-initialised modulation makes every block the identity
+  at init, so action conditioning enters training progressively.
+- `LeWM`: `encode`, `predict` (teacher-forced, T ≤ history) and `rollout` (autoregressive, for planning).
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lewm.config import ModelConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Encoder(nn.Module):
+    """Image backbone, random init: (N, 3, H, W) normalised images → (N, feature_dim) features."""
+
+    def __init__(self, cfg: ModelConfig, image_size: int) -> None:
+        super().__init__()
+        if cfg.encoder == "vit":
+            self.backbone = timm.create_model(
+                "vit_tiny_patch16_224",
+                pretrained=False,
+                img_size=image_size,
+                patch_size=cfg.patch_size,
+                embed_dim=cfg.encoder_dim,
+                depth=cfg.encoder_depth,
+                num_heads=cfg.encoder_heads,
+                num_classes=0,
+                global_pool="token",  # the [CLS] token after the final LayerNorm
+            )
+        elif cfg.encoder == "resnet":
+            self.backbone = timm.create_model(cfg.resnet_name, pretrained=False, num_classes=0)
+        else:
+            raise ValueError(f"model.encoder: unknown encoder {cfg.encoder!r} (known: vit, resnet)")
+        self.feature_dim: int = self.backbone.num_features
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.backbone(images)
+
+
+class MLP(nn.Module):
+    """Linear → BatchNorm1d → GELU → Linear on the last axis of (..., in_dim); BN statistics span all
+    leading axes (every frame / token of the batch)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.BatchNorm1d(hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+
+class ActionEncoder(nn.Module):
+    """(B, T, frameskip·A) action blocks → (B, T, D): a kernel-1 Conv1d smoothing, then a SiLU MLP, per
+    time step."""
+
+    def __init__(self, block_dim: int, smoothed_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.smooth = nn.Conv1d(block_dim, smoothed_dim, kernel_size=1)
+        self.mlp = nn.Sequential(
+            nn.Linear(smoothed_dim, 4 * embed_dim), nn.SiLU(), nn.Linear(4 * embed_dim, embed_dim)
+        )
+
+    def forward(self, action_blocks: Tensor) -> Tensor:
+        smoothed = self.smooth(action_blocks.transpose(1, 2)).transpose(1, 2)
+        return self.mlp(smoothed)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal attention with its own affine LayerNorm in front; inner width heads·head_dim may
+    exceed the model width."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.norm = nn.LayerNorm(dim)
+        self.to_qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(heads * head_dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, length, _ = x.shape
+        qkv = self.to_qkv(self.norm(x)).reshape(batch, length, 3, self.heads, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, T, head_dim)
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )
+        return self.to_out(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class FeedForward(nn.Sequential):
+    """LayerNorm → Linear → GELU → Dropout → Linear → Dropout."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float) -> None:
+        super().__init__(
+            nn.LayerNorm(dim),
+            nn.Linear(dim, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, dim),
+            nn.Dropout(dropout),
+        )
+
+
+class AdaLNZeroBlock(nn.Module):
+    """DiT block: x += gate·Attn(LN(x)·(1+scale)+shift); x += gate·FF(LN(x)·(1+scale)+shift), with
+    shift/scale/gate computed per token from the condition by a zero-initialised SiLU → Linear."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, mlp_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = CausalSelfAttention(dim, heads, head_dim, dropout)
+        self.norm_mlp = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = FeedForward(dim, mlp_dim, dropout)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        nn.init.zeros_(self.modulation[1].weight)
+        nn.init.zeros_(self.modulation[1].bias)
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.modulation(cond).chunk(6, -1)
+        x = x + gate_attn * self.attn(self.norm_attn(x) * (1 + scale_attn) + shift_attn)
+        return x + gate_mlp * self.mlp(self.norm_mlp(x) * (1 + scale_mlp) + shift_mlp)
+
+
+class Predictor(nn.Module):
+    """(B, T, D) embeddings and (B, T, D) action embeddings → (B, T, D); token t sees tokens ≤ t only and
+    is conditioned on action t, so output t predicts the embedding after action t."""
+
+    def __init__(self, cfg: ModelConfig, history: int) -> None:
+        super().__init__()
+        dim = cfg.embed_dim
+        self.positions = nn.Parameter(torch.randn(1, history, dim))
+        self.blocks = nn.ModuleList(
+            AdaLNZeroBlock(
+                dim, cfg.predictor_heads, cfg.predictor_head_dim, cfg.predictor_mlp_dim, cfg.predictor_dropout
+            )
+            for _ in range(cfg.predictor_depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, z: Tensor, action_emb: Tensor) -> Tensor:
+        x = z + self.positions[:, : z.shape[1]]
+        for block in self.blocks:
+            x = block(x, action_emb)
+        return self.norm(x)
+
+
+class LeWM(nn.Module):
+    """The joint-embedding predictive world model: encoder + projector, action encoder, predictor and
+    pred_proj (reference §2). Pixels are uint8; ImageNet normalisation happens in `encode` only."""
+
+    def __init__(
+        self, cfg: ModelConfig, image_size: int, action_dim: int, frameskip: int, history: int
+    ) -> None:
+        super().__init__()
+        if history < 1:
+            raise ValueError(f"history must be ≥ 1, got {history}")
+        self.cfg, self.image_size, self.history = cfg, image_size, history
+        self.action_dim, self.frameskip = action_dim, frameskip
+        self.encoder = Encoder(cfg, image_size)
+        self.projector = MLP(self.encoder.feature_dim, cfg.projector_hidden, cfg.embed_dim)
+        self.action_encoder = ActionEncoder(frameskip * action_dim, cfg.action_smoothed_dim, cfg.embed_dim)
+        self.predictor = Predictor(cfg, history)
+        self.pred_proj = MLP(cfg.embed_dim, cfg.projector_hidden, cfg.embed_dim)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def encode(self, pixels: Tensor) -> Tensor:
+        """uint8 (B, T, 3, H, W) → (B, T, D), or (B, 3, H, W) → (B, D). All frames form one encoder (and
+        BatchNorm) batch."""
+        if pixels.dtype != torch.uint8:
+            raise ValueError(f"encode expects uint8 pixels, got {pixels.dtype}")
+        if pixels.dim() not in (4, 5) or pixels.shape[-3:] != (3, self.image_size, self.image_size):
+            raise ValueError(
+                f"encode expects (B, [T,] 3, {self.image_size}, {self.image_size}) pixels, "
+                f"got {tuple(pixels.shape)}"
+            )
+        images = pixels.reshape(-1, *pixels.shape[-3:]).float().div(255)
+        images = (images - self.pixel_mean) / self.pixel_std
+        z = self.projector(self.encoder(images))
+        return z.reshape(*pixels.shape[:-3], -1)
+
+    def predict(self, z: Tensor, action_blocks: Tensor) -> Tensor:
+        """Teacher-forced next embeddings: (B, T, D) and (B, T, frameskip·A) → (B, T, D), output t being
+        the prediction of z_{t+1}; causal, T ≤ history, positions 0 … T−1."""
+        if z.shape[1] > self.history or action_blocks.shape[:2] != z.shape[:2]:
+            raise ValueError(
+                f"predict needs z (B, T ≤ {self.history}, D) and action blocks (B, T, ·), got "
+                f"{tuple(z.shape)} and {tuple(action_blocks.shape)}"
+            )
+        return self.pred_proj(self.predictor(z, self.action_encoder(action_blocks)))
+
+    def rollout(
+        self, z_context: Tensor, action_blocks: Tensor, context_actions: Tensor | None = None
+    ) -> Tensor:
+        """Autoregressive imagination without teacher forcing (reference §8.1), meant for eval mode.
+
+        z_context (B or 1, C, D) or (B or 1, D): the observed embeddings; action_blocks (B, H, frameskip·A):
+        the blocks executed from the last observed frame on; context_actions (·, C−1, frameskip·A): the
+        blocks executed after the earlier context frames (needed only when C > 1). Each step runs the
+        predictor on the last `history` embeddings (observed, then predicted), keeps its last output and
+        appends it. Returns the H predicted embeddings (B, H, D); the last one is the planning target.
+        """
+        if z_context.dim() == 2:
+            z_context = z_context.unsqueeze(1)
+        batch, horizon = action_blocks.shape[:2]
+        num_context = z_context.shape[1]
+        if num_context > 1:
+            if context_actions is None or context_actions.shape[1] != num_context - 1:
+                raise ValueError(
+                    f"rollout with {num_context} context embeddings needs {num_context - 1} context_actions"
+                )
+            action_blocks = torch.cat([context_actions.expand(batch, -1, -1), action_blocks], dim=1)
+        action_emb = self.action_encoder(action_blocks)  # (B, C−1+H, D): token i follows embedding i
+        sequence = list(z_context.expand(batch, -1, -1).unbind(1))
+        for end in range(num_context, num_context + horizon):
+            start = max(0, end - self.history)
+            window = torch.stack(sequence[start:end], dim=1)
+            last = self.predictor(window, action_emb[:, start:end])[:, -1]
+            sequence.append(self.pred_proj(last))
+        return torch.stack(sequence[num_context:], dim=1)
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter counts per part and in total (reference §2.4)."""
+        parts = {
+            "encoder": self.encoder,
+            "projector": self.projector,
+            "predictor": self.predictor,
+            "pred_proj": self.pred_proj,
+            "action_encoder": self.action_encoder,
+        }
+        counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
+        counts["total"] = sum(counts.values())
+        return counts
