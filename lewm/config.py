@@ -92,6 +92,8 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 200
     val_batches: int = 8
+    plan_eval_every: int = 0  # > 0: planning success on a small val manifest every N steps
+    plan_eval_episodes: int = 10
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
@@ -124,6 +126,46 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ProbeConfig:
+    """Linear and MLP probes of frozen embeddings onto physical state (reference §9)."""
+
+    max_frames: int = 6000  # frames embedded per split (evenly subsampled)
+    ridge_alpha: float = 1.0
+    mlp_hidden: int = 256
+    mlp_epochs: int = 300
+    mlp_lr: float = 1.0e-3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class VoEConfig:
+    """Violation-of-expectation trajectories: unperturbed, colour change, teleport (reference §10)."""
+
+    episodes: int = 24
+    steps: int = 60
+    perturb_step: int = 30
+    window: int = 10  # steps shown either side of the perturbation
+    policy: str = "expert"
+    action_noise: float = 0.2
+    color: list[int] = field(default_factory=lambda: [220, 60, 60])
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class BisectConfig:
+    """λ search by bisection on log scale (reference §13), criterion on the validation manifest."""
+
+    lambda_lo: float = 0.001
+    lambda_hi: float = 1.0
+    trials: int = 5
+    train_steps: int = 300
+    val_episodes: int = 20
+    min_effective_rank_fraction: float = 0.05  # below this a trial counts as collapsed (failure)
+    parallel: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """Where MLflow writes. An empty URI means the project's own SQLite file (mlflow.db)."""
 
@@ -144,6 +186,9 @@ class Params:
     train: TrainConfig
     plan: PlanConfig
     eval: EvalConfig
+    probe: ProbeConfig
+    voe: VoEConfig
+    bisect: BisectConfig
     tracking: TrackingConfig
     raw: dict[str, Any] = field(repr=False, compare=False)
 
@@ -268,6 +313,9 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         train=build_section(TrainConfig, merged.get("train"), "train"),
         plan=build_section(PlanConfig, merged.get("plan"), "plan"),
         eval=build_section(EvalConfig, merged.get("eval"), "eval"),
+        probe=build_section(ProbeConfig, merged.get("probe"), "probe"),
+        voe=build_section(VoEConfig, merged.get("voe"), "voe"),
+        bisect=build_section(BisectConfig, merged.get("bisect"), "bisect"),
         tracking=build_section(TrackingConfig, merged.get("tracking"), "tracking"),
         raw=merged,
     )
