@@ -1,0 +1,382 @@
+"""A planning evaluation that can be trusted (reference §8.3, with its known pitfalls fixed).
+
+- Start/goal pairs come from HELD-OUT episodes only (`build_manifest`, test split by default), drawn
+  uniformly without replacement over every valid (episode, step) row with a seeded rng; the goal is the
+  same episode `goal_offset` steps later. The manifest is a file, so every method and every checkpoint is
+  scored on exactly the same pairs, and `check_manifest` refuses a manifest that does not match the dataset.
+- Every method (the planner and the `random` / `zero` floor baselines) runs the same pairs under each
+  evaluation seed. Evaluation seeds vary only the policies' randomness (CEM sampling, random actions):
+  policy seed = f(base seed, eval seed, pair), so an episode's result does not depend on which other
+  episodes ran, or in which order.
+- `summarize` excludes, per predicate, starts that already satisfy it (reporting how many), gives a Wilson
+  95% interval instead of a bare rate, the mean ± std of the per-seed rate across evaluation seeds, and
+  planning time per solve (median, p90). Rates are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lewm.config import EvalConfig, PlanConfig
+from lewm.io import atomic_file
+from lewm.planning import (
+    EpisodeResult,
+    LatentMPCPolicy,
+    Policy,
+    RandomPolicy,
+    ZeroPolicy,
+    env_attribute,
+    run_episode,
+)
+
+PolicyFactory = Callable[[int], Policy]
+"""Builds a fresh policy for one episode from that episode's seed."""
+
+START, GOAL = "start_state_", "goal_state_"
+PAIR_COLUMNS = ("pair", "split", "episode", "start_step", "goal_step", "start_row", "goal_row")
+BASELINES = ("random", "zero")
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+
+
+def build_manifest(store: Any, split: str = "test", n: int = 50, goal_offset: int = 25,
+                   seed: int = 42) -> pd.DataFrame:
+    """Draw `n` start/goal pairs from the `split` episodes of `store`, one row per pair.
+
+    Valid starts are rows with `step ≤ length − 1 − goal_offset`; `n` of them are drawn without replacement,
+    uniformly over all valid rows of all episodes (longer episodes contribute more pairs), with
+    `np.random.default_rng(seed)`. Rows keep the draw order, so the first k pairs are a uniform subset.
+    """
+    if split == "train":
+        raise ValueError("build_manifest: pairs must come from held-out episodes (val or test), not train")
+    if goal_offset < 1 or n < 1:
+        raise ValueError(f"goal_offset={goal_offset} and n={n} must be ≥ 1")
+    episodes = store.episodes.set_index("episode").loc[store.episode_ids(split)]
+    valid_counts = np.maximum(episodes["length"].to_numpy() - goal_offset, 0)
+    available = int(valid_counts.sum())
+    if n > available:
+        raise ValueError(f"{store.path}: the {split} split has {available} valid start rows for goal_offset="
+                         f"{goal_offset} ({len(episodes)} episodes), fewer than the {n} pairs requested")
+    episode_of_row = np.repeat(episodes.index.to_numpy(), valid_counts)
+    first_row = np.repeat(episodes["start"].to_numpy(), valid_counts)
+    step_of_row = np.concatenate([np.arange(count) for count in valid_counts])
+    chosen = np.random.default_rng(seed).choice(available, size=n, replace=False)
+    start_step = step_of_row[chosen].astype(np.int64)
+    start_row = first_row[chosen] + start_step
+    manifest = pd.DataFrame({
+        "pair": np.arange(n, dtype=np.int64),
+        "split": split,
+        "episode": episode_of_row[chosen].astype(np.int64),
+        "start_step": start_step,
+        "goal_step": start_step + goal_offset,
+        "start_row": start_row.astype(np.int64),
+        "goal_row": (start_row + goal_offset).astype(np.int64),
+    })
+    states = store.states
+    for i, name in enumerate(store.state_names):
+        manifest[START + name] = states[manifest["start_row"], i]
+    for i, name in enumerate(store.state_names):
+        manifest[GOAL + name] = states[manifest["goal_row"], i]
+    return manifest
+
+
+def state_names(manifest: pd.DataFrame) -> list[str]:
+    """The state names whose start and goal values the manifest holds."""
+    return [c.removeprefix(START) for c in manifest.columns if c.startswith(START)]
+
+
+def start_states(manifest: pd.DataFrame) -> np.ndarray:
+    return manifest[[START + n for n in state_names(manifest)]].to_numpy(np.float64)
+
+
+def goal_states(manifest: pd.DataFrame) -> np.ndarray:
+    return manifest[[GOAL + n for n in state_names(manifest)]].to_numpy(np.float64)
+
+
+def validate_manifest(manifest: pd.DataFrame, where: str = "manifest") -> None:
+    """Structural checks: columns, unique pairs and starts, goal after start in the same episode."""
+    missing = [c for c in PAIR_COLUMNS if c not in manifest.columns]
+    names = state_names(manifest)
+    if missing or not names or any(GOAL + n not in manifest.columns for n in names):
+        what = missing or "start/goal state"
+        raise ValueError(f"{where}: not a start/goal manifest (missing {what} columns)")
+    if len(manifest) == 0:
+        raise ValueError(f"{where}: no pairs")
+    if manifest["pair"].duplicated().any() or manifest.duplicated(["episode", "start_step"]).any():
+        raise ValueError(f"{where}: duplicate pairs")
+    offsets = manifest["goal_step"] - manifest["start_step"]
+    row_offsets = manifest["goal_row"] - manifest["start_row"]
+    if (offsets < 1).any() or not np.array_equal(row_offsets.to_numpy(), offsets.to_numpy()):
+        raise ValueError(f"{where}: every goal must lie after its start in the same episode")
+    if manifest[[START + n for n in names] + [GOAL + n for n in names]].isna().any().any():
+        raise ValueError(f"{where}: missing state values")
+
+
+def check_manifest(manifest: pd.DataFrame, store: Any) -> None:
+    """Refuse a manifest that is not made of `store`'s held-out rows: wrong split, wrong rows or states
+    (e.g. a manifest built from another dataset, or a dataset regenerated since)."""
+    validate_manifest(manifest)
+    for split in manifest["split"].unique():
+        if split == "train":
+            raise ValueError("manifest: pairs from the train split; evaluate on held-out episodes")
+        outside = set(manifest.loc[manifest["split"] == split, "episode"]) - set(store.episode_ids(split))
+        if outside:
+            raise ValueError(f"manifest: episodes {sorted(outside)[:5]} are not in the {split} split of "
+                             f"{store.path}")
+    if state_names(manifest) != list(store.state_names):
+        raise ValueError(f"manifest: state names {state_names(manifest)} differ from the dataset's "
+                         f"{store.state_names}")
+    first_row = np.array([store.episode_rows(ep).start for ep in manifest["episode"]])
+    start_row, goal_row = manifest["start_row"].to_numpy(), manifest["goal_row"].to_numpy()
+    rows_match = np.array_equal(start_row, first_row + manifest["start_step"].to_numpy())
+    episode_ends = np.array([store.episode_rows(ep).stop for ep in manifest["episode"]])
+    if not rows_match or (goal_row >= episode_ends).any() \
+            or not np.allclose(store.states[start_row], start_states(manifest)) \
+            or not np.allclose(store.states[goal_row], goal_states(manifest)):
+        raise ValueError(f"manifest: rows or states do not match {store.path} (rebuild the manifest)")
+
+
+def write_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
+    """Write the manifest as Parquet, atomically."""
+    validate_manifest(manifest)
+    with atomic_file(path) as tmp:
+        manifest.to_parquet(tmp, index=False)
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read and validate a manifest written by `write_manifest`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found (run the manifest stage first)")
+    manifest = pd.read_parquet(path)
+    validate_manifest(manifest, str(path))
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion; (0, 1) when n = 0 (no information)."""
+    if n == 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes={successes} must be in [0, n={n}]")
+    rate = successes / n
+    denominator = 1 + z * z / n
+    centre = (rate + z * z / (2 * n)) / denominator
+    half_width = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / denominator
+    return float(max(0.0, centre - half_width)), float(min(1.0, centre + half_width))
+
+
+def episode_seed(base_seed: int, eval_seed: int, pair: int) -> int:
+    """The policy seed of one episode, independent of every other episode."""
+    return int(np.random.SeedSequence([base_seed, eval_seed, pair]).generate_state(1)[0])
+
+
+def summarize(df: pd.DataFrame) -> dict[str, float]:
+    """Flat metrics (`<method>.<predicate>.success_rate`, `<method>.plan_time_median_s`, ...) from the
+    per-episode table of `evaluate`.
+
+    Per method × predicate, over episodes whose start did NOT already satisfy the predicate (`excluded`
+    counts the others): `n`, `successes`, `success_rate`, Wilson 95% `ci_low`/`ci_high` (all evaluation
+    seeds pooled, treated as independent episodes), `steps_to_success_mean` (successes only), and, with
+    two or more evaluation seeds, `seed_mean`/`seed_std` (sample std) of the per-seed rate. Undefined
+    values (a rate over no episodes, a mean over no successes) are NaN.
+    """
+    predicates = [c.removeprefix("success_") for c in df.columns if c.startswith("success_")]
+    metrics: dict[str, float] = {"pairs": int(df["pair"].nunique()),
+                                 "eval_seeds": int(df["eval_seed"].nunique())}
+    for method, rows in df.groupby("method", sort=False):
+        for predicate in predicates:
+            for key, value in _predicate_metrics(rows, predicate).items():
+                metrics[f"{method}.{predicate}.{key}"] = value
+        metrics[f"{method}.final_block_pos_error_mean"] = float(rows["final_block_pos_error"].mean())
+        metrics[f"{method}.final_block_angle_error_mean"] = float(rows["final_block_angle_error"].mean())
+        solve_times = _concat(rows["plan_times_s"])
+        if len(solve_times):
+            metrics.update({f"{method}.{k}": v for k, v in _time_metrics(solve_times).items()})
+    all_solves = _concat(df["plan_times_s"])
+    if len(all_solves):
+        metrics.update(_time_metrics(all_solves))
+    return metrics
+
+
+def _predicate_metrics(rows: pd.DataFrame, predicate: str) -> dict[str, float]:
+    eligible = rows[~rows[f"start_satisfied_{predicate}"].astype(bool)]
+    success = eligible[f"success_{predicate}"].astype(bool)
+    n, successes = len(eligible), int(success.sum())
+    low, high = wilson_interval(successes, n)
+    metrics = {
+        "success_rate": successes / n if n else float("nan"),
+        "ci_low": low,
+        "ci_high": high,
+        "n": n,
+        "successes": successes,
+        "excluded": len(rows) - n,
+        "steps_to_success_mean": float(eligible.loc[success, f"steps_to_success_{predicate}"].mean()),
+    }
+    per_seed = success.groupby(eligible["eval_seed"]).mean()
+    if len(per_seed) > 1:
+        metrics.update(seed_mean=float(per_seed.mean()), seed_std=float(per_seed.std(ddof=1)))
+    return metrics
+
+
+def _time_metrics(solve_times: np.ndarray) -> dict[str, float]:
+    return {
+        "plan_time_median_s": float(np.median(solve_times)),
+        "plan_time_p90_s": float(np.percentile(solve_times, 90)),
+        "num_solves": len(solve_times),
+    }
+
+
+def _concat(lists: Iterable[Sequence[float]]) -> np.ndarray:
+    return np.concatenate([np.asarray(x, dtype=np.float64) for x in lists] or [np.empty(0)])
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def evaluate(
+    manifest: pd.DataFrame,
+    store: Any,
+    env: Any,
+    policies: Mapping[str, PolicyFactory],
+    eval_cfg: EvalConfig,
+    base_seed: int = 0,
+    gif_dir: str | Path | None = None,
+) -> pd.DataFrame:
+    """Run every method on every pair under every evaluation seed; one row per (eval seed, pair, method).
+
+    `policies` maps method names to factories called with the episode's seed (`episode_seed(base_seed,
+    eval_seed, pair)`). With `gif_dir`, the first `eval_cfg.gifs` pairs of the first evaluation seed are
+    written as `<method>_pair<id>.gif`.
+    """
+    check_manifest(manifest, store)
+    predicates = list(eval_cfg.predicates)
+    known = tuple(env_attribute(env, "PREDICATES"))
+    unknown = [p for p in predicates if p not in known]
+    if unknown:
+        raise ValueError(f"eval.predicates: unknown {unknown} (known: {', '.join(known)})")
+    block_errors = env_attribute(env, "block_errors")
+    starts, goals = start_states(manifest), goal_states(manifest)
+    gif_pairs = set(manifest["pair"].iloc[: eval_cfg.gifs]) if gif_dir else set()
+    rows = []
+    for seed_index, eval_seed in enumerate(eval_cfg.eval_seeds):
+        for i, pair in enumerate(manifest.itertuples(index=False)):
+            goal_pixels = np.asarray(store.frames[pair.goal_row])
+            record = seed_index == 0 and pair.pair in gif_pairs
+            for method, make_policy in policies.items():
+                policy = make_policy(episode_seed(base_seed, eval_seed, pair.pair))
+                result = run_episode(env, policy, starts[i], goals[i], goal_pixels, eval_cfg.budget,
+                                     predicates, record_frames=record)
+                if record:
+                    write_episode_gif(result.frames, goal_pixels,
+                                      Path(gif_dir) / f"{method}_pair{pair.pair:03d}.gif")
+                rows.append({"eval_seed": eval_seed, "pair": pair.pair, "episode": pair.episode,
+                             "start_step": pair.start_step, "goal_step": pair.goal_step, "method": method,
+                             **episode_columns(result, goals[i], predicates, block_errors)})
+    return pd.DataFrame(rows)
+
+
+def episode_columns(result: EpisodeResult, goal_state: np.ndarray, predicates: Sequence[str],
+                    block_errors: Callable[[np.ndarray, np.ndarray], tuple[float, float]]) -> dict[str, Any]:
+    """The per-episode columns of the evaluation table for one `run_episode` result."""
+    position_error, angle_error = block_errors(result.final_state, goal_state)
+    times = result.solve_times
+    columns: dict[str, Any] = {
+        "steps": result.steps,
+        "num_solves": len(times),
+        "plan_time_mean_s": float(np.mean(times)) if times else float("nan"),
+        "plan_time_max_s": max(times, default=float("nan")),
+        "plan_times_s": [float(t) for t in times],
+        "final_block_pos_error": float(position_error),
+        "final_block_angle_error": float(abs(angle_error)),
+    }
+    for predicate in predicates:
+        first = result.first_success[predicate]
+        columns[f"success_{predicate}"] = first is not None
+        columns[f"steps_to_success_{predicate}"] = float("nan") if first is None else float(first)
+        columns[f"start_satisfied_{predicate}"] = first == 0
+    return columns
+
+
+def baseline_policies(action_dim: int, names: Iterable[str] = BASELINES) -> dict[str, PolicyFactory]:
+    """Factories of the floor baselines: `random` (uniform in [−1, 1]) and `zero` (stay)."""
+    factories: dict[str, PolicyFactory] = {
+        "random": lambda seed: RandomPolicy(action_dim, seed),
+        "zero": lambda seed: ZeroPolicy(action_dim),
+    }
+    unknown = [n for n in names if n not in factories]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown} (known: {', '.join(factories)})")
+    return {name: factories[name] for name in names}
+
+
+def make_eval_env(store: Any) -> Any:
+    """The environment the dataset was recorded in, with the same settings (rendering included)."""
+    from lewm.envs import make_env
+
+    return make_env(store.manifest["env"], **store.manifest.get("env_kwargs", {}))
+
+
+def evaluate_model(
+    model: Any,
+    meta: dict[str, Any],
+    manifest: pd.DataFrame,
+    store: Any,
+    plan_cfg: PlanConfig,
+    eval_cfg: EvalConfig,
+    episodes: int | None = None,
+    baselines: Iterable[str] = BASELINES,
+    gif_dir: str | Path | None = None,
+    env: Any = None,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Evaluate LeWM + CEM (method `lewm`) and the baselines on the manifest: `(rows, summary)`.
+
+    `episodes` keeps the first pairs only (a uniform subset, for checkpoint selection inside a training
+    loop). The model is put in eval mode for the duration and restored afterwards.
+    """
+    if meta["env"] != store.manifest["env"] or meta["image_size"] != store.manifest["image_size"]:
+        raise ValueError(f"model trained on {meta['env']} at {meta['image_size']} px, dataset is "
+                         f"{store.manifest['env']} at {store.manifest['image_size']} px")
+    subset = manifest if episodes is None else manifest.iloc[:episodes]
+    policies: dict[str, PolicyFactory] = {
+        "lewm": lambda seed: LatentMPCPolicy(model, meta, plan_cfg, seed),
+        **baseline_policies(int(meta["action_dim"]), baselines),
+    }
+    was_training = model.training
+    model.eval()
+    try:
+        rows = evaluate(subset, store, env if env is not None else make_eval_env(store), policies,
+                        eval_cfg, base_seed=plan_cfg.seed, gif_dir=gif_dir)
+    finally:
+        model.train(was_training)
+    return rows, summarize(rows)
+
+
+# ---------------------------------------------------------------------------------------------------- GIFs
+
+
+def write_episode_gif(frames: Sequence[np.ndarray], goal_frame: np.ndarray, path: str | Path,
+                      scale: int = 4, fps: int = 10) -> None:
+    """Write an animated GIF of `observation | goal` side by side, upscaled `scale`× (nearest), atomically."""
+    from PIL import Image
+
+    if not frames:
+        raise ValueError("write_episode_gif: no frames")
+    separator = np.full((goal_frame.shape[0], 2, 3), 255, dtype=np.uint8)
+    images = []
+    for frame in frames:
+        side_by_side = np.concatenate([frame, separator, goal_frame], axis=1)
+        upscaled = side_by_side.repeat(scale, axis=0).repeat(scale, axis=1)
+        images.append(Image.fromarray(np.ascontiguousarray(upscaled, dtype=np.uint8)))
+    with atomic_file(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=round(1000 / fps), loop=0)

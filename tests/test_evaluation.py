@@ -1,0 +1,268 @@
+"""Evaluation protocol: held-out manifests, Wilson intervals, the summary's exclusions and per-seed spread
+(checked by hand on a tiny table), and end-to-end evaluation on a small Push-T dataset."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from scipy.optimize import brentq
+
+from lewm.config import EvalConfig, ModelConfig, PlanConfig
+from lewm.data.clips import ActionStats
+from lewm.data.storage import EpisodeRecord, EpisodeStore, write_dataset
+from lewm.envs import make_env
+from lewm.evaluation import (
+    build_manifest,
+    check_manifest,
+    evaluate,
+    evaluate_model,
+    read_manifest,
+    summarize,
+    wilson_interval,
+    write_episode_gif,
+    write_manifest,
+)
+from lewm.model import LeWM
+from lewm.planning import ZeroPolicy
+
+# ---------------------------------------------------------------------------------------------- manifest
+
+LENGTHS = {0: 12, 1: 7, 2: 9, 3: 10, 4: 8, 5: 30}
+SPLITS = {"train": [0, 5], "val": [1], "test": [2, 3, 4]}
+
+
+def synthetic_episode(episode: int, length: int) -> EpisodeRecord:
+    """States encode (episode, step), so every manifest row can be checked by reading it."""
+    steps = np.arange(length)
+    return EpisodeRecord(
+        episode=episode, seed=episode, frames=np.zeros((length, 4, 4, 3), np.uint8),
+        actions=np.zeros((length - 1, 2), np.float32),
+        states=np.stack([np.full(length, episode), steps], axis=1).astype(np.float64),
+        proprio=steps[:, None].astype(np.float64), n_contacts=np.zeros(length - 1, np.int64),
+    )
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> EpisodeStore:
+    manifest = {"env": "synthetic", "splits": SPLITS, "state_names": ["episode", "step"],
+                "proprio_names": ["step"], "action_dim": 2}
+    path = tmp_path_factory.mktemp("synthetic") / "ds"
+    write_dataset(path, (synthetic_episode(e, n) for e, n in LENGTHS.items()), manifest)
+    return EpisodeStore.open(path)
+
+
+def test_manifest_pairs_come_from_test_episodes_with_goal_offset_steps_later(store: EpisodeStore) -> None:
+    offset = 4
+    available = sum(LENGTHS[e] - offset for e in SPLITS["test"])  # steps 0 … length − 1 − offset
+    manifest = build_manifest(store, n=available, goal_offset=offset, seed=1)
+    assert set(manifest["episode"]) == set(SPLITS["test"]) and (manifest["split"] == "test").all()
+    assert list(manifest["pair"]) == list(range(available))
+    assert not manifest.duplicated(["episode", "start_step"]).any()
+    assert (manifest["goal_step"] - manifest["start_step"] == offset).all()
+    assert (manifest["goal_step"] <= manifest["episode"].map(LENGTHS) - 1).all()
+    # the stored states are those of the rows: (episode, step)
+    np.testing.assert_array_equal(manifest["start_state_episode"], manifest["episode"])
+    np.testing.assert_array_equal(manifest["start_state_step"], manifest["start_step"])
+    np.testing.assert_array_equal(manifest["goal_state_step"], manifest["goal_step"])
+    np.testing.assert_array_equal(manifest["goal_state_episode"], manifest["episode"])
+    check_manifest(manifest, store)
+
+
+def test_manifest_is_deterministic_given_the_seed(store: EpisodeStore) -> None:
+    a, b = (build_manifest(store, n=10, goal_offset=3, seed=5) for _ in range(2))
+    c = build_manifest(store, n=10, goal_offset=3, seed=6)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a[["episode", "start_step"]].equals(c[["episode", "start_step"]])
+
+
+def test_manifest_refuses_too_few_rows_and_the_train_split(store: EpisodeStore) -> None:
+    available = sum(LENGTHS[e] - 4 for e in SPLITS["test"])
+    with pytest.raises(ValueError, match=f"{available} valid start rows"):
+        build_manifest(store, n=available + 1, goal_offset=4)
+    with pytest.raises(ValueError, match="held-out"):
+        build_manifest(store, split="train", n=2, goal_offset=4)
+
+
+def test_manifest_round_trip_and_mismatch_detection(store: EpisodeStore, tmp_path: Path) -> None:
+    manifest = build_manifest(store, n=6, goal_offset=3, seed=0)
+    write_manifest(manifest, tmp_path / "m.parquet")
+    pd.testing.assert_frame_equal(read_manifest(tmp_path / "m.parquet"), manifest)
+    tampered = manifest.assign(goal_state_step=manifest["goal_state_step"] + 1)
+    with pytest.raises(ValueError, match="do not match"):
+        check_manifest(tampered, store)
+    from_train = manifest.assign(split="train")
+    with pytest.raises(ValueError, match="held-out"):
+        check_manifest(from_train, store)
+    with pytest.raises(ValueError, match="duplicate"):
+        write_manifest(pd.concat([manifest, manifest.iloc[:1]]), tmp_path / "dup.parquet")
+    with pytest.raises(FileNotFoundError):
+        read_manifest(tmp_path / "missing.parquet")
+
+
+# -------------------------------------------------------------------------------------------- statistics
+
+
+def score_test_bounds(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson interval by definition: the p whose score statistic |p̂ − p| / √(p(1−p)/n) equals z."""
+    rate = successes / n
+
+    def score(p: float) -> float:
+        return (rate - p) ** 2 - z * z * p * (1 - p) / n
+
+    tiny = 1e-12  # the score is zero at p ∈ {0, 1}: bracket strictly inside
+    low = 0.0 if successes == 0 else brentq(score, tiny, min(rate, 1 - tiny))
+    high = 1.0 if successes == n else brentq(score, max(rate, tiny), 1 - tiny)
+    return low, high
+
+
+@pytest.mark.parametrize(("successes", "n", "expected"), [
+    (0, 10, (0.0, 0.2775)), (5, 10, (0.2366, 0.7634)), (10, 10, (0.7225, 1.0)), (48, 50, (0.8654, 0.9890)),
+])
+def test_wilson_interval_matches_published_values_and_the_score_test(successes, n, expected) -> None:
+    low, high = wilson_interval(successes, n)
+    assert (low, high) == pytest.approx(expected, abs=1e-4)
+    assert (low, high) == pytest.approx(score_test_bounds(successes, n), abs=1e-9)
+
+
+def test_wilson_interval_edge_cases() -> None:
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def tiny_table() -> pd.DataFrame:
+    """Method `m`, 4 pairs × 2 eval seeds; pair 0 starts already satisfying `p`."""
+    rows = []
+    outcomes = {0: [(True, 0), (True, 4), (False, None), (True, 6)],
+                1: [(True, 0), (False, None), (False, None), (True, 8)]}
+    for seed, results in outcomes.items():
+        for pair, (ok, steps) in enumerate(results):
+            rows.append({"eval_seed": seed, "pair": pair, "method": "m", "success_p": ok,
+                         "steps_to_success_p": np.nan if steps is None else float(steps),
+                         "start_satisfied_p": steps == 0, "final_block_pos_error": float(pair),
+                         "final_block_angle_error": 0.1, "plan_times_s": [0.1 * (pair + 1)] * 2})
+    rows.append({**rows[0], "method": "zero", "plan_times_s": []})
+    return pd.DataFrame(rows)
+
+
+def test_summarize_excludes_satisfied_starts_and_checks_by_hand() -> None:
+    metrics = summarize(tiny_table())
+    # eligible: pairs 1-3 under both seeds = 6 episodes, 3 successes (2 under seed 0, 1 under seed 1)
+    assert metrics["m.p.n"] == 6 and metrics["m.p.excluded"] == 2 and metrics["m.p.successes"] == 3
+    assert metrics["m.p.success_rate"] == 0.5
+    assert (metrics["m.p.ci_low"], metrics["m.p.ci_high"]) == pytest.approx(score_test_bounds(3, 6))
+    assert metrics["m.p.steps_to_success_mean"] == pytest.approx((4 + 6 + 8) / 3)
+    assert metrics["m.p.seed_mean"] == pytest.approx(0.5)
+    assert metrics["m.p.seed_std"] == pytest.approx(np.std([2 / 3, 1 / 3], ddof=1))
+    assert metrics["m.final_block_pos_error_mean"] == pytest.approx(1.5)
+    solves = np.repeat([0.1, 0.2, 0.3, 0.4], 4)  # 2 solves per episode, 2 seeds
+    assert metrics["m.plan_time_median_s"] == pytest.approx(np.median(solves))
+    assert metrics["m.plan_time_p90_s"] == pytest.approx(0.4)
+    assert metrics["m.num_solves"] == 16 and metrics["num_solves"] == 16
+    assert metrics["plan_time_median_s"] == metrics["m.plan_time_median_s"]
+    assert "zero.plan_time_median_s" not in metrics
+    # the only `zero` episode started satisfied: nothing left to rate
+    assert metrics["zero.p.n"] == 0 and math.isnan(metrics["zero.p.success_rate"])
+    assert metrics["pairs"] == 4 and metrics["eval_seeds"] == 2
+    one_seed = summarize(tiny_table().query("eval_seed == 0"))
+    assert one_seed["m.p.success_rate"] == 2 / 3 and "m.p.seed_std" not in one_seed
+
+
+# ------------------------------------------------------------------------------------ end to end, Push-T
+
+IMAGE = 16
+
+
+def pusht_episode(env, episode: int, length: int) -> EpisodeRecord:
+    """A random-action Push-T episode, recorded as the dataset generator does."""
+    rng = np.random.default_rng(episode)
+    obs, _ = env.reset(seed=episode)
+    frames, states, actions = [obs["pixels"]], [obs["state"]], rng.uniform(-1, 1, (length - 1, 2))
+    for action in actions:
+        obs = env.step(action)[0]
+        frames.append(obs["pixels"])
+        states.append(obs["state"])
+    states = np.array(states)
+    return EpisodeRecord(episode, episode, np.array(frames), actions.astype(np.float32), states,
+                         states[:, [0, 1, 5, 6]], np.zeros(length - 1, np.int64))
+
+
+@pytest.fixture(scope="module")
+def pusht_store(tmp_path_factory: pytest.TempPathFactory) -> EpisodeStore:
+    env_kwargs = {"image_size": IMAGE, "max_steps": 40}
+    env = make_env("pusht", **env_kwargs)
+    manifest = {"env": "pusht", "env_kwargs": env_kwargs, "splits": {"train": [0], "val": [1], "test": [2]},
+                "state_names": list(env.state_names), "proprio_names": list(env.proprio_names),
+                "action_dim": 2}
+    path = tmp_path_factory.mktemp("pusht") / "ds"
+    write_dataset(path, (pusht_episode(env, e, 25) for e in range(3)), manifest)
+    return EpisodeStore.open(path)
+
+
+def tiny_model_and_meta(store: EpisodeStore) -> tuple[LeWM, dict]:
+    torch.manual_seed(0)
+    cfg = ModelConfig(patch_size=8, encoder_dim=16, encoder_depth=1, encoder_heads=2, embed_dim=16,
+                      projector_hidden=32, predictor_depth=1, predictor_heads=2, predictor_head_dim=8,
+                      predictor_mlp_dim=32)
+    model = LeWM(cfg, IMAGE, action_dim=2, frameskip=5, history=3)
+    meta = {"env": "pusht", "image_size": IMAGE, "action_dim": 2, "frameskip": 5, "history": 3,
+            "action_stats": ActionStats.from_store(store)}
+    return model, meta
+
+
+EVAL = EvalConfig(episodes=3, goal_offset=5, budget=8, eval_seeds=[0, 1], predicates=["reference", "block"],
+                  gifs=1)
+PLAN = PlanConfig(samples=8, elites=2, iterations=2, horizon=2, receding=1)
+
+
+def test_evaluate_model_scores_lewm_and_baselines_on_the_same_pairs(pusht_store, tmp_path: Path) -> None:
+    manifest = build_manifest(pusht_store, n=3, goal_offset=EVAL.goal_offset, seed=0)
+    model, meta = tiny_model_and_meta(pusht_store)
+    model.train()
+    rows, summary = evaluate_model(model, meta, manifest, pusht_store, PLAN, EVAL, gif_dir=tmp_path)
+    assert model.training  # restored
+    assert len(rows) == 2 * 3 * 3 and set(rows["method"]) == {"lewm", "random", "zero"}
+    for _, group in rows.groupby(["eval_seed", "method"]):
+        assert list(group["pair"]) == [0, 1, 2]
+    # start flags describe the pair, not the method
+    assert rows.groupby("pair")["start_satisfied_block"].nunique().eq(1).all()
+    lewm = rows[rows["method"] == "lewm"]
+    assert (lewm["num_solves"] >= 1).all() and (rows.loc[rows["method"] != "lewm", "num_solves"] == 0).all()
+    assert (rows["steps"] <= EVAL.budget).all() and (rows["final_block_angle_error"] >= 0).all()
+    for key in ("lewm.reference.success_rate", "lewm.block.ci_low", "random.block.success_rate",
+                "zero.reference.excluded", "plan_time_median_s", "lewm.plan_time_p90_s"):
+        assert key in summary
+    assert sorted(p.name for p in tmp_path.glob("*.gif")) == [
+        "lewm_pair000.gif", "random_pair000.gif", "zero_pair000.gif"]
+    # a subset (as a training loop would use) reproduces the same episodes: seeds are per episode
+    subset, _ = evaluate_model(model, meta, manifest, pusht_store, PLAN, EVAL, episodes=2, baselines=())
+    pd.testing.assert_frame_equal(without_timing(subset), without_timing(lewm[lewm["pair"] < 2]))
+
+
+def without_timing(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.drop(columns=[c for c in rows if c.startswith("plan_time")]).reset_index(drop=True)
+
+
+def test_evaluate_refuses_unknown_predicates(pusht_store) -> None:
+    manifest = build_manifest(pusht_store, n=1, goal_offset=5, seed=0)
+    cfg = EvalConfig(budget=2, predicates=["reference", "coverage"])
+    with pytest.raises(ValueError, match="coverage"):
+        evaluate(manifest, pusht_store, make_env("pusht", image_size=IMAGE),
+                 {"zero": lambda seed: ZeroPolicy(2)}, cfg)
+
+
+def test_episode_gif_shows_observation_and_goal_side_by_side(tmp_path: Path) -> None:
+    frames = [np.full((8, 8, 3), v, np.uint8) for v in (0, 100, 200)]
+    goal = np.full((8, 8, 3), 50, np.uint8)
+    write_episode_gif(frames, goal, tmp_path / "e.gif", scale=3)
+    with Image.open(tmp_path / "e.gif") as gif:
+        assert gif.n_frames == 3 and gif.size == (3 * (8 + 2 + 8), 3 * 8)
+        gif.seek(1)
+        pixels = np.array(gif.convert("RGB"))
+    assert (pixels[:, :24] == 100).all() and (pixels[:, -24:] == 50).all()

@@ -1,0 +1,281 @@
+"""Planning: CEM on known optima, its sampling rules, seeding and warm start; the latent goal cost; the MPC
+loop on a point world whose model is exact (so success is guaranteed) and on Push-T (floor baselines)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from lewm.config import ModelConfig, PlanConfig
+from lewm.data.clips import ActionStats
+from lewm.envs import make_env
+from lewm.model import LeWM
+from lewm.planning import (
+    CEMPlanner,
+    LatentMPCPolicy,
+    PlanResult,
+    RandomPolicy,
+    ZeroPolicy,
+    cem_plan,
+    latent_goal_cost,
+    run_episode,
+    shift_plan,
+)
+
+SMALL = PlanConfig(samples=64, elites=8, iterations=6, horizon=3, receding=2, init_std=1.0, seed=7)
+
+
+def quadratic_cost(target: torch.Tensor):
+    """Sum of squared distances to `target` (H, D): the optimum is `target` itself."""
+    return lambda candidates: (candidates - target).pow(2).sum(dim=(1, 2))
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------------- CEM
+
+
+def test_cem_finds_the_optimum_of_a_quadratic_and_improves_over_iterations() -> None:
+    cfg = PlanConfig(samples=300, elites=30, iterations=30, horizon=5)
+    target = torch.linspace(-1.5, 1.5, 5 * 4).reshape(5, 4)
+    result = cem_plan(quadratic_cost(target), cfg, block_dim=4, generator=seeded())
+    assert result.plan.shape == (5, 4)
+    assert (result.plan - target).abs().max() < 0.05
+    costs = np.array(result.elite_costs)
+    assert len(costs) == 30 and costs[-1] < 1e-3 * costs[0]
+    assert np.all(np.diff(costs) <= 0.05 * costs[:-1])  # monotonic up to sampling noise
+    assert result.final_cost == costs[-1]
+    assert all(best <= elite for best, elite in zip(result.best_costs, costs, strict=True))
+
+
+def test_candidate_zero_is_the_mean_and_the_cost_is_one_batched_call_per_iteration() -> None:
+    seen = []
+
+    def cost(candidates: torch.Tensor) -> torch.Tensor:
+        seen.append(candidates.clone())
+        return candidates.pow(2).sum(dim=(1, 2))
+
+    init = torch.full((SMALL.horizon, 4), 0.3)
+    result = cem_plan(cost, SMALL, block_dim=4, generator=seeded(), init_mean=init)
+    assert len(seen) == SMALL.iterations
+    assert all(c.shape == (SMALL.samples, SMALL.horizon, 4) for c in seen)
+    assert torch.equal(seen[0][0], init)
+    for before, after in itertools.pairwise(seen):
+        elites = before[cost_order(before)[: SMALL.elites]]
+        assert torch.allclose(after[0], elites.mean(dim=0))
+    last_elites = seen[-1][cost_order(seen[-1])[: SMALL.elites]]
+    assert torch.allclose(result.plan, last_elites.mean(dim=0))
+
+
+def cost_order(candidates: torch.Tensor) -> torch.Tensor:
+    return torch.argsort(candidates.pow(2).sum(dim=(1, 2)))
+
+
+def test_std_update_is_the_unbiased_std_of_the_elites() -> None:
+    seen = []
+
+    def cost(candidates: torch.Tensor) -> torch.Tensor:
+        seen.append(candidates.clone())
+        return candidates.pow(2).sum(dim=(1, 2))
+
+    cfg = dataclasses.replace(SMALL, iterations=2)
+    cem_plan(cost, cfg, block_dim=2, generator=seeded(3))
+    elites = seen[0][cost_order(seen[0])[: cfg.elites]]
+    mean, std = elites.mean(dim=0), elites.std(dim=0, unbiased=True)
+    noise = torch.randn((cfg.samples, cfg.horizon, 2), generator=_second_draw(cfg, 2, seed=3))
+    expected = mean + std * noise
+    expected[0] = mean
+    assert torch.allclose(seen[1], expected, atol=1e-6)
+
+
+def _second_draw(cfg: PlanConfig, block_dim: int, seed: int) -> torch.Generator:
+    """A generator positioned where CEM's second iteration samples from."""
+    generator = seeded(seed)
+    torch.randn((cfg.samples, cfg.horizon, block_dim), generator=generator)
+    return generator
+
+
+def test_same_seed_same_plan_and_different_seed_different_plan() -> None:
+    target = torch.ones(SMALL.horizon, 4)
+    plans = [CEMPlanner(SMALL, 4, seed=seed).solve(quadratic_cost(target)).plan for seed in (1, 1, 2)]
+    assert torch.equal(plans[0], plans[1])
+    assert not torch.equal(plans[0], plans[2])
+
+
+def test_shift_plan_drops_executed_blocks_and_pads_with_zeros() -> None:
+    plan = torch.arange(1.0, 6.0)[:, None].repeat(1, 2)  # blocks 1..5
+    assert torch.equal(shift_plan(plan, 2)[:, 0], torch.tensor([3.0, 4.0, 5.0, 0.0, 0.0]))
+    assert torch.equal(shift_plan(plan, 5), torch.zeros(5, 2))
+
+
+def test_planner_warm_starts_from_the_shifted_previous_plan() -> None:
+    first_candidates = []
+
+    def cost(candidates: torch.Tensor) -> torch.Tensor:
+        first_candidates.append(candidates[0].clone())
+        return (candidates - 0.5).pow(2).sum(dim=(1, 2))
+
+    cfg = dataclasses.replace(SMALL, iterations=1)
+    planner = CEMPlanner(cfg, 4)
+    plan = planner.solve(cost).plan
+    planner.solve(cost)
+    assert torch.equal(first_candidates[1], shift_plan(plan, cfg.receding))
+    planner.reset()
+    planner.solve(cost)
+    assert torch.equal(first_candidates[2], torch.zeros(cfg.horizon, 4))
+    cold = CEMPlanner(dataclasses.replace(cfg, warm_start=False), 4)
+    cold.solve(cost), cold.solve(cost)
+    assert torch.equal(first_candidates[-1], torch.zeros(cfg.horizon, 4))
+
+
+@pytest.mark.parametrize("change", [{"elites": 1}, {"elites": 65}, {"receding": 4}, {"iterations": 0},
+                                    {"init_std": 0.0}])
+def test_invalid_plan_config_is_rejected(change: dict) -> None:
+    with pytest.raises(ValueError, match="plan"):
+        CEMPlanner(dataclasses.replace(SMALL, **change), 4)
+
+
+def test_a_cost_of_the_wrong_shape_is_rejected() -> None:
+    with pytest.raises(ValueError, match="cost_fn returned shape"):
+        cem_plan(lambda c: c.sum(dim=2), SMALL, 4, seeded())
+
+
+# ------------------------------------------------------------------------------------------ latent cost
+
+
+def test_latent_goal_cost_is_the_summed_squared_distance_of_the_last_imagined_embedding() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(patch_size=8, encoder_dim=32, encoder_depth=1, encoder_heads=2, embed_dim=16,
+                      projector_hidden=32, predictor_depth=1, predictor_heads=2, predictor_head_dim=8,
+                      predictor_mlp_dim=32)
+    model = LeWM(cfg, 16, action_dim=2, frameskip=5, history=3).eval()
+    z_context, z_goal = torch.randn(1, 16), torch.randn(16)
+    candidates = torch.randn(7, 4, 10)
+    costs = latent_goal_cost(model, z_context, z_goal)(candidates)
+    with torch.no_grad():
+        expected = ((model.rollout(z_context, candidates)[:, -1] - z_goal) ** 2).sum(dim=1)
+    assert costs.shape == (7,) and torch.allclose(costs, expected, atol=1e-5)
+    assert torch.is_inference(costs)
+
+
+# ------------------------------------------------------------------------------------ MPC on a point world
+
+STEP_SIZE = 5.0  # the point moves STEP_SIZE · action per env step
+PREDICATES = ("near", "x")  # module-level, as the env contract: run_episode finds them next to the env class
+
+
+def success(state: np.ndarray, goal_state: np.ndarray, predicate: str) -> bool:
+    if predicate == "near":
+        return bool(np.linalg.norm(state - goal_state) < 3.0)
+    return bool(abs(state[0] - goal_state[0]) < 3.0)
+
+
+def block_errors(state: np.ndarray, goal_state: np.ndarray) -> tuple[float, float]:
+    return float(np.linalg.norm(state - goal_state)), 0.0
+
+
+class PointEnv:
+    """A point in [0, 255]² moved by `STEP_SIZE · clip(a)`; pixel (0, 0) holds its rounded position."""
+
+    action_dim = 2
+
+    def __init__(self) -> None:
+        self.position = np.zeros(2)
+        self.executed: list[np.ndarray] = []
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        pixels = np.zeros((4, 4, 3), dtype=np.uint8)
+        pixels[0, 0, :2] = np.clip(np.rint(self.position), 0, 255)
+        return {"pixels": pixels, "state": self.position.copy(), "proprio": self.position.copy()}
+
+    def set_state(self, state: np.ndarray) -> dict[str, np.ndarray]:
+        self.position = np.asarray(state, dtype=np.float64).copy()
+        return self._obs()
+
+    def set_goal_state(self, goal_state: np.ndarray) -> None:
+        self.goal = np.asarray(goal_state)
+
+    def step(self, action: np.ndarray):
+        self.executed.append(np.asarray(action).copy())
+        self.position = self.position + STEP_SIZE * np.clip(action, -1, 1)
+        return self._obs(), 0.0, False, False, {}
+
+
+STATS = ActionStats(np.array([0.2, -0.1]), np.array([0.5, 0.4]))
+FRAMESKIP = 2
+META = {"action_stats": STATS, "frameskip": FRAMESKIP, "action_dim": 2, "image_size": 4}
+
+
+class PointWorldModel(torch.nn.Module):
+    """An exact model of PointEnv in normalised block space: z = position."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the policy a device
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels[:, :2, 0, 0].float()
+
+    def rollout(self, z_context: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        raw = STATS.denormalize(blocks).clamp(-1, 1).reshape(*blocks.shape[:2], FRAMESKIP, 2)
+        return z_context.reshape(1, 1, 2) + STEP_SIZE * raw.sum(dim=2).cumsum(dim=1)
+
+
+def test_mpc_reaches_the_goal_and_stops_once_every_predicate_held() -> None:
+    env, start, goal = PointEnv(), np.array([20.0, 20.0]), np.array([42.0, 31.0])
+    policy = LatentMPCPolicy(PointWorldModel(), META, SMALL, seed=0)
+    goal_pixels = PointEnv().set_state(goal)["pixels"]
+    result = run_episode(env, policy, start, goal, goal_pixels, budget=40, predicates=PREDICATES)
+    assert result.success("near") and result.success("x")
+    assert 0 < result.first_success["x"] <= result.first_success["near"] == result.steps < 40
+    assert np.linalg.norm(result.final_state - goal) < 3.0
+    chunk = SMALL.receding * FRAMESKIP
+    assert len(result.solve_times) == -(-result.steps // chunk) and min(result.solve_times) > 0
+    assert all(np.all(np.abs(a) <= 1) for a in env.executed)
+
+
+def test_mpc_executes_the_first_receding_blocks_denormalised_and_clipped() -> None:
+    env = PointEnv()
+    policy = LatentMPCPolicy(PointWorldModel(), META, SMALL, seed=0)
+    plan = torch.linspace(-3, 3, SMALL.horizon * FRAMESKIP * 2).reshape(SMALL.horizon, FRAMESKIP * 2)
+    policy.planner.solve = lambda cost_fn: PlanResult(plan, [0.0], [0.0])
+    budget = SMALL.receding * FRAMESKIP
+    far = np.array([250.0, 250.0])
+    result = run_episode(env, policy, np.array([10.0, 10.0]), far, np.zeros((4, 4, 3), np.uint8), budget,
+                         PREDICATES)
+    expected = STATS.denormalize(plan[: SMALL.receding].double().numpy()).reshape(-1, 2)
+    assert result.steps == budget and len(result.solve_times) == 1
+    np.testing.assert_allclose(np.array(env.executed), np.clip(expected, -1, 1), rtol=1e-6)
+    assert (np.abs(expected) > 1).any()  # the clipping was exercised
+
+
+def test_a_start_that_already_satisfies_every_predicate_ends_at_step_zero() -> None:
+    result = run_episode(PointEnv(), ZeroPolicy(2), np.array([5.0, 5.0]), np.array([6.0, 5.0]),
+                         np.zeros((4, 4, 3), np.uint8), budget=10, predicates=PREDICATES)
+    assert result.steps == 0 and result.start_satisfied("near") and result.start_satisfied("x")
+
+
+def test_random_policy_is_uniform_in_the_action_box_and_seeded() -> None:
+    first, again = RandomPolicy(2, seed=3), RandomPolicy(2, seed=3)
+    actions = np.concatenate([first.act(None) for _ in range(500)])
+    assert actions.shape == (500, 2) and np.abs(actions).max() <= 1 and np.abs(actions.mean(0)).max() < 0.1
+    assert np.array_equal(actions[:1], again.act(None))
+
+
+# ------------------------------------------------------------------------------------------------- Push-T
+
+
+def test_zero_policy_keeps_the_pusht_agent_still() -> None:
+    env = make_env("pusht", image_size=16)
+    start = np.array([100.0, 100.0, 300.0, 300.0, 0.5, 0.0, 0.0])
+    goal = np.array([400.0, 400.0, 200.0, 200.0, 2.0, 0.0, 0.0])
+    result = run_episode(env, ZeroPolicy(2), start, goal, np.zeros((16, 16, 3), np.uint8), budget=10,
+                         predicates=("reference", "block"))
+    assert result.steps == 10 and not result.success("reference") and not result.success("block")
+    np.testing.assert_allclose(result.final_state[:5], start[:5], atol=1e-6)
