@@ -93,3 +93,55 @@ def read_run_id(run_file: str | Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training run recorded (run the train stage first)")
     return json.loads(path.read_text())["run_id"]
+
+
+class RunTracker:
+    """One MLflow run seen by the training loop: start or resume it, log params and metrics in batches,
+    and at the end log the checkpoint, curves and the model (pickle format, fast to log and to load)."""
+
+    def __init__(self, cfg: TrackingConfig, run_name: str, tags: Mapping[str, str] | None = None) -> None:
+        self.cfg, self.run_name, self.tags = cfg, run_name, dict(tags or {})
+        self.run_id: str | None = None
+
+    def start(self, run_id: str | None = None) -> str:
+        """Start a new run, or reopen `run_id` when resuming an interrupted training."""
+        import mlflow
+
+        configure(self.cfg)
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.run_name, tags=self.tags)
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        import mlflow
+
+        existing = mlflow.get_run(self.run_id).data.params
+        flat = {k: v for k, v in flatten(params).items() if k not in existing}
+        log_params(flat)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_training_outputs(self, out_dir: Path, model: Any) -> None:
+        """Final checkpoint, curves and history tables, and the model itself (registrable)."""
+        import mlflow
+        import mlflow.pytorch
+        import pandas as pd
+        import torch
+
+        out_dir = Path(out_dir)
+        mlflow.log_artifact(str(out_dir / "model.pt"), artifact_path="checkpoints")
+        mlflow.log_artifact(str(out_dir / "curves.png"), artifact_path="plots")
+        for name in ("train_history", "val_history"):
+            log_table(pd.read_csv(out_dir / f"{name}.csv"), f"tables/{name}.parquet")
+        mlflow.pytorch.log_model(
+            model, name="model", serialization_format="pickle",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "timm", "lewm"],
+        )
+
+    def finish(self) -> None:
+        import mlflow
+
+        mlflow.end_run()

@@ -1,0 +1,136 @@
+"""Training loop: schedule, deterministic batch order, exact resume after an interruption, MLflow logging."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from lewm.checkpoint import load_model, read_checkpoint
+from lewm.config import DataConfig, load_params
+from lewm.data.generate import generate_dataset
+from lewm.train import StepBatchSampler, learning_rate, train
+
+TINY = [
+    "model.encoder_depth=1", "model.encoder_dim=32", "model.encoder_heads=2", "model.patch_size=16",
+    "model.embed_dim=16", "model.projector_hidden=32", "model.predictor_depth=1", "model.predictor_heads=2",
+    "model.predictor_head_dim=8", "model.predictor_mlp_dim=32", "train.sigreg_projections=32",
+    "train.batch_size=8", "train.max_steps=6", "train.log_every=2", "train.val_every=3",
+    "train.checkpoint_every=2", "train.val_batches=1",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    cfg = DataConfig(episodes=10, max_steps=40, image_size=32, seed=1, val_fraction=0.2, test_fraction=0.1)
+    return generate_dataset("pusht", cfg, tmp_path_factory.mktemp("data") / "pusht", progress=False)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    total, base = 1000, 1e-3
+    assert learning_rate(0, total, base, 0.01) == pytest.approx(base / 10)
+    assert learning_rate(9, total, base, 0.01) == pytest.approx(base)
+    assert learning_rate(10, total, base, 0.01) == pytest.approx(base)
+    mid = 10 + (total - 10) // 2
+    assert learning_rate(mid, total, base, 0.01) == pytest.approx(base / 2, rel=1e-2)
+    assert learning_rate(total, total, base, 0.01) == pytest.approx(0.0, abs=1e-12)
+    values = [learning_rate(s, total, base, 0.01) for s in range(10, total)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+
+
+def test_batch_order_is_a_function_of_the_step():
+    full = list(StepBatchSampler(50, 8, seed=3, start_step=0, total_steps=20))
+    resumed = list(StepBatchSampler(50, 8, seed=3, start_step=7, total_steps=20))
+    assert resumed == full[7:]
+    # one epoch (6 steps of 8 from 50 items) never repeats an item
+    epoch = [i for batch in full[:6] for i in batch]
+    assert len(epoch) == len(set(epoch)) == 48
+    assert full[:6] != full[6:12]  # a new permutation every epoch
+
+
+def test_ranks_partition_the_global_batch():
+    whole = list(StepBatchSampler(64, 8, seed=0, start_step=0, total_steps=5))
+    ranks = [list(StepBatchSampler(64, 8, seed=0, start_step=0, total_steps=5, rank=r, world_size=2))
+             for r in range(2)]
+    for step, batch in enumerate(whole):
+        assert ranks[0][step] + ranks[1][step] == batch
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tiny_data, tmp_path):
+    params = load_params(overrides=TINY)
+    straight = train(params, "pusht", tiny_data, tmp_path / "straight", progress=False)
+
+    def interrupt(step: int) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(params, "pusht", tiny_data, tmp_path / "resumed", on_step=interrupt, progress=False)
+    assert read_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["step"] == 2
+    resumed = train(params, "pusht", tiny_data, tmp_path / "resumed", progress=False)
+
+    assert resumed.step == straight.step == 6
+    a, _ = load_model(straight.checkpoint)
+    b, _ = load_model(resumed.checkpoint)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), f"{name} differs after resume"
+    assert resumed.metrics["val_pred_loss"] == straight.metrics["val_pred_loss"]
+
+
+def test_checkpoint_of_other_params_is_not_resumed(tiny_data, tmp_path):
+    params = load_params(overrides=TINY)
+    train(params, "pusht", tiny_data, tmp_path / "run", progress=False)
+    other = load_params(overrides=[*TINY, "train.lambda=0.5"])
+    outcome = train(other, "pusht", tiny_data, tmp_path / "run", progress=False)
+    assert outcome.step == 6
+    _, meta = load_model(outcome.checkpoint)
+    history = read_checkpoint(outcome.checkpoint)["history"]["train"]
+    assert [row["step"] for row in history] == [2, 4, 6]  # fresh history, not appended to the old run
+    assert meta["step"] == 6
+
+
+def test_training_outputs_and_diagnostics(tiny_data, tmp_path):
+    params = load_params(overrides=TINY)
+    outcome = train(params, "pusht", tiny_data, tmp_path, progress=False)
+    for name in ("model.pt", "metrics.json", "train_history.csv", "val_history.csv", "curves.png"):
+        assert (tmp_path / name).is_file(), name
+    m = outcome.metrics
+    assert m["steps"] == 6 and m["clips_per_s"] > 0
+    assert 0 < m["val_effective_rank"] <= 16
+    assert -1 <= m["val_straightness"] <= 1
+    assert all(math.isfinite(v) for v in m.values())
+    _, meta = load_model(outcome.checkpoint)
+    assert meta["image_size"] == 32 and meta["action_dim"] == 2 and meta["frameskip"] == 5
+
+
+def test_too_small_dataset_is_a_clear_error(tiny_data, tmp_path):
+    params = load_params(overrides=[*TINY, "train.batch_size=4096"])
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train(params, "pusht", tiny_data, tmp_path, progress=False)
+
+
+def test_mlflow_run_holds_params_curves_and_model(tiny_data, tmp_path, monkeypatch):
+    import mlflow
+
+    from lewm.tracking import RunTracker
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = load_params(overrides=TINY)
+    tracker = RunTracker(params.tracking, run_name="test")
+    outcome = train(params, "pusht", tiny_data, tmp_path / "run", tracker=tracker, progress=False)
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(outcome.run_id)
+    assert run.data.params["train.lambda"] == "0.09"
+    assert run.data.params["derived.total_steps"] == "6"
+    steps = [m.step for m in client.get_metric_history(outcome.run_id, "train/pred_loss")]
+    assert steps == [2, 4, 6]
+    for key in ("val/effective_rank", "val/straightness", "clips_per_s", "lr", "final/val_pred_loss"):
+        assert key in run.data.metrics, key
+    artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
+    assert {"checkpoints", "plots", "tables"} <= artifacts
+    logged = mlflow.pytorch.load_model(f"runs:/{outcome.run_id}/model")
+    pixels = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    assert logged.eval().encode(pixels).shape == (2, 16)
