@@ -35,7 +35,8 @@ class DataConfig:
     episodes: int = 300
     max_steps: int = 100
     policy: str = "expert"  # expert | random
-    action_noise: float = 0.2  # std of Gaussian noise added to the expert's actions (action units)
+    action_noise: float = 0.1  # std of Gaussian noise added to the expert's actions (action units)
+    policy_kwargs: dict[str, float] = field(default_factory=dict)  # e.g. the expert's push/travel speeds
     image_size: int = 64
     seed: int = 0
     val_fraction: float = 0.1
@@ -205,6 +206,11 @@ _RENAMED_KEYS = {"lambda": "lambda_"}
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
     """Return `value` converted to `annotation` where lossless (int → float), else raise ConfigError."""
     origin = typing.get_origin(annotation)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _, value_type = typing.get_args(annotation)
+        return {str(k): _check_type(v, value_type, f"{where}.{k}") for k, v in value.items()}
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where}: expected a list, got {value!r}")

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from lewm.config import EvalConfig, PlanConfig
 from lewm.io import atomic_file
@@ -251,6 +252,7 @@ def evaluate(
     eval_cfg: EvalConfig,
     base_seed: int = 0,
     gif_dir: str | Path | None = None,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Run every method on every pair under every evaluation seed; one row per (eval seed, pair, method).
 
@@ -268,8 +270,11 @@ def evaluate(
     starts, goals = start_states(manifest), goal_states(manifest)
     gif_pairs = set(manifest["pair"].iloc[: eval_cfg.gifs]) if gif_dir else set()
     rows = []
+    bar = tqdm(total=len(eval_cfg.eval_seeds) * len(manifest), desc="evaluate", unit="pair",
+               disable=not progress, dynamic_ncols=True)
     for seed_index, eval_seed in enumerate(eval_cfg.eval_seeds):
         for i, pair in enumerate(manifest.itertuples(index=False)):
+            bar.update(1)
             goal_pixels = np.asarray(store.frames[pair.goal_row])
             record = seed_index == 0 and pair.pair in gif_pairs
             for method, make_policy in policies.items():
@@ -282,6 +287,7 @@ def evaluate(
                 rows.append({"eval_seed": eval_seed, "pair": pair.pair, "episode": pair.episode,
                              "start_step": pair.start_step, "goal_step": pair.goal_step, "method": method,
                              **episode_columns(result, goals[i], predicates, block_errors)})
+    bar.close()
     return pd.DataFrame(rows)
 
 
@@ -337,6 +343,7 @@ def evaluate_model(
     baselines: Iterable[str] = BASELINES,
     gif_dir: str | Path | None = None,
     env: Any = None,
+    progress: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Evaluate LeWM + CEM (method `lewm`) and the baselines on the manifest: `(rows, summary)`.
 
@@ -355,7 +362,7 @@ def evaluate_model(
     model.eval()
     try:
         rows = evaluate(subset, store, env if env is not None else make_eval_env(store), policies,
-                        eval_cfg, base_seed=plan_cfg.seed, gif_dir=gif_dir)
+                        eval_cfg, base_seed=plan_cfg.seed, gif_dir=gif_dir, progress=progress)
     finally:
         model.train(was_training)
     return rows, summarize(rows)

@@ -233,17 +233,24 @@ class PushTExpert:
         return self._go_to(agent, waypoint)
 
 
-def make_policy(name: str, env: gymnasium.Env, rng: np.random.Generator, action_noise: float) -> Policy:
+def make_policy(
+    name: str, env: gymnasium.Env, rng: np.random.Generator, action_noise: float, **policy_kwargs: float
+) -> Policy:
     """Policy `name` for `env`, drawing all its randomness from `rng`; `action_noise` is a std in action
-    units (used by `expert`)."""
+    units (used by `expert`); `policy_kwargs` tune the expert (e.g. `push_speed`, `travel_speed`)."""
     if action_noise < 0:
         raise ValueError(f"action_noise must be ≥ 0, got {action_noise}")
     if name == "random":
+        if policy_kwargs:
+            raise ValueError(f"the random policy takes no options, got {sorted(policy_kwargs)}")
         if isinstance(env.unwrapped, pusht.PushTEnv):
             return PushTRandomPolicy(rng)
         return RandomPolicy(env.unwrapped.action_dim, rng)
     if name == "expert":
-        if isinstance(env.unwrapped, pusht.PushTEnv):
-            return PushTExpert(rng, action_noise)
-        raise ValueError(f"no expert policy for {type(env.unwrapped).__name__}")
+        if not isinstance(env.unwrapped, pusht.PushTEnv):
+            raise ValueError(f"no expert policy for {type(env.unwrapped).__name__}")
+        try:
+            return PushTExpert(rng, action_noise, **policy_kwargs)
+        except TypeError as exc:
+            raise ValueError(f"invalid expert option: {exc}") from None
     raise ValueError(f"unknown policy {name!r} (known: {', '.join(POLICIES)})")

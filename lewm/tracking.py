@@ -99,8 +99,15 @@ class RunTracker:
     """One MLflow run seen by the training loop: start or resume it, log params and metrics in batches,
     and at the end log the checkpoint, curves and the model (pickle format, fast to log and to load)."""
 
-    def __init__(self, cfg: TrackingConfig, run_name: str, tags: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, cfg: TrackingConfig, run_name: str, tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None, log_checkpoint: bool = True,
+    ) -> None:
+        """`parent_run_id` makes the run a child run (passed explicitly: MLflow's active run is per
+        thread). `log_checkpoint=False` skips the full checkpoint artifact (weights + optimizer state),
+        for short runs such as λ-search trials whose logged model is all that is needed."""
         self.cfg, self.run_name, self.tags = cfg, run_name, dict(tags or {})
+        self.parent_run_id, self.log_checkpoint = parent_run_id, log_checkpoint
         self.run_id: str | None = None
 
     def start(self, run_id: str | None = None) -> str:
@@ -108,7 +115,8 @@ class RunTracker:
         import mlflow
 
         configure(self.cfg)
-        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.run_name, tags=self.tags)
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.run_name, tags=self.tags,
+                               parent_run_id=self.parent_run_id)
         self.run_id = run.info.run_id
         return self.run_id
 
@@ -132,7 +140,8 @@ class RunTracker:
         import torch
 
         out_dir = Path(out_dir)
-        mlflow.log_artifact(str(out_dir / "model.pt"), artifact_path="checkpoints")
+        if self.log_checkpoint:
+            mlflow.log_artifact(str(out_dir / "model.pt"), artifact_path="checkpoints")
         mlflow.log_artifact(str(out_dir / "curves.png"), artifact_path="plots")
         for name in ("train_history", "val_history"):
             log_table(pd.read_csv(out_dir / f"{name}.csv"), f"tables/{name}.parquet")
@@ -145,3 +154,13 @@ class RunTracker:
         import mlflow
 
         mlflow.end_run()
+
+
+def log_to_model_run(cfg: TrackingConfig, run_file: str | Path):
+    """Reopen the training run recorded in `run_file`, so evaluation and analysis stages attach their
+    metrics, tables and plots to the model they evaluated. Use as a context manager."""
+    import mlflow
+
+    run_id = read_run_id(run_file)
+    configure(cfg)
+    return mlflow.start_run(run_id=run_id)

@@ -14,7 +14,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class EpisodeJob:
     policy: str
     action_noise: float
     max_steps: int
+    policy_kwargs: dict[str, float] = field(default_factory=dict)
 
 
 def episode_seeds(seed: int, episode: int) -> tuple[int, np.random.Generator]:
@@ -81,7 +82,7 @@ def record_episode(env: Any, job: EpisodeJob) -> EpisodeRecord:
     """
     reset_seed, policy_rng = episode_seeds(job.seed, job.episode)
     obs, _ = env.reset(seed=reset_seed)
-    policy = make_policy(job.policy, env, policy_rng, job.action_noise)
+    policy = make_policy(job.policy, env, policy_rng, job.action_noise, **job.policy_kwargs)
     policy.reset(obs)
     observations, actions, contacts = [obs], [], []
     for _ in range(job.max_steps):
@@ -114,10 +115,12 @@ def generate_dataset(env_name: str, cfg: DataConfig, target: str | Path, progres
     env_kwargs = {"image_size": cfg.image_size, "max_steps": cfg.max_steps}
     env = make_env(env_name, **env_kwargs)
     try:
-        make_policy(cfg.policy, env, np.random.default_rng(cfg.seed), cfg.action_noise)  # raises if unknown
+        # raises if the policy or its options are unknown
+        make_policy(cfg.policy, env, np.random.default_rng(cfg.seed), cfg.action_noise, **cfg.policy_kwargs)
         manifest = _base_manifest(env_name, env_kwargs, env.unwrapped, cfg, splits)
         jobs = [
-            EpisodeJob(i, cfg.seed, cfg.policy, cfg.action_noise, cfg.max_steps) for i in range(cfg.episodes)
+            EpisodeJob(i, cfg.seed, cfg.policy, cfg.action_noise, cfg.max_steps, dict(cfg.policy_kwargs))
+            for i in range(cfg.episodes)
         ]
         workers = min(cfg.workers, cfg.episodes)
         with contextlib.closing(_episodes(env, env_name, env_kwargs, jobs, workers)) as records:
@@ -180,6 +183,7 @@ def _base_manifest(
         "env_kwargs": env_kwargs,
         "policy": cfg.policy,
         "action_noise": cfg.action_noise,
+        "policy_kwargs": dict(cfg.policy_kwargs),
         "seed": cfg.seed,
         "max_steps": cfg.max_steps,
         "val_fraction": cfg.val_fraction,

@@ -1,0 +1,86 @@
+"""Stage `plan@<env>`: planning evaluation of the trained model on the held-out test manifest.
+
+    python -m pipelines.plan --env pusht [--set plan.iterations=30 --out runs/pusht/plan_it30]
+
+LeWM + CEM/MPC and the floor policies (random, zero) run on exactly the same start/goal pairs. Writes
+runs/<env>/plan/{episodes.parquet (one row per eval seed × pair × method), metrics.json, gifs/} and logs
+them to the MLflow run of the evaluated model (metrics prefixed `plan/`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mlflow
+
+from lewm.checkpoint import load_model
+from lewm.config import load_params
+from lewm.data.storage import EpisodeStore
+from lewm.evaluation import evaluate_model, read_manifest
+from lewm.io import atomic_file, write_json
+from lewm.tracking import log_table, log_to_model_run
+from pipelines._cli import base_parser, run_cli
+
+
+def plan_stage(
+    env: str, params_path: str | None = None, overrides: list[str] | None = None,
+    train_dir: str | Path | None = None, out_dir: str | Path | None = None, track: bool = True,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Evaluate runs/<env>/train/model.pt on runs/<env>/manifests/test.parquet; return the summary."""
+    params = load_params(params_path, overrides)
+    train_dir = Path(train_dir or f"runs/{env}/train")
+    out_dir = Path(out_dir or f"runs/{env}/plan")
+    model, meta = load_model(train_dir / "model.pt")
+    store = EpisodeStore.open(f"data/{env}")
+    manifest = read_manifest(f"runs/{env}/manifests/test.parquet")
+    gif_dir = out_dir / "gifs"
+    rows, summary = evaluate_model(model, meta, manifest, store, params.plan, params.eval,
+                                   gif_dir=gif_dir if params.eval.gifs else None, progress=progress)
+    summary["cem_iterations"] = params.plan.iterations
+    summary["cem_samples"] = params.plan.samples
+    with atomic_file(out_dir / "episodes.parquet") as tmp:
+        rows.to_parquet(tmp, index=False)
+    write_json(out_dir / "metrics.json", summary)
+    if track:
+        with log_to_model_run(params.tracking, train_dir / "run.json"):
+            mlflow.log_metrics({f"plan/{k}": v for k, v in summary.items() if math.isfinite(v)})
+            log_table(rows, "plan/episodes.parquet")
+            mlflow.log_artifact(str(out_dir / "metrics.json"), artifact_path="plan")
+            if gif_dir.is_dir():
+                mlflow.log_artifacts(str(gif_dir), artifact_path="plan/gifs")
+    return summary
+
+
+def describe(summary: dict[str, float]) -> str:
+    """One line per method × predicate: success rate, Wilson interval, excluded starts."""
+    lines = []
+    for method in ("lewm", "random", "zero"):
+        for predicate in ("reference", "block"):
+            key = f"{method}.{predicate}"
+            if f"{key}.success_rate" in summary:
+                lines.append(
+                    f"{key}: {100 * summary[f'{key}.success_rate']:.1f}% "
+                    f"[{100 * summary[f'{key}.ci_low']:.1f}, {100 * summary[f'{key}.ci_high']:.1f}] "
+                    f"(n={summary[f'{key}.n']:.0f}, excluded {summary[f'{key}.excluded']:.0f})"
+                )
+    lines.append(f"plan time per solve: median {summary['plan_time_median_s']:.2f} s, "
+                 f"p90 {summary['plan_time_p90_s']:.2f} s")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--env", required=True)
+    parser.add_argument("--train-dir", default=None, help="training outputs (default: runs/<env>/train)")
+    parser.add_argument("--out", default=None, help="output directory (default: runs/<env>/plan)")
+    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    args = parser.parse_args()
+    summary = plan_stage(args.env, args.params, args.overrides, args.train_dir, args.out,
+                         track=not args.no_track)
+    print(describe(summary))
+
+
+if __name__ == "__main__":
+    run_cli(main)
