@@ -155,12 +155,3 @@ class RunTracker:
 
         mlflow.end_run()
 
-
-def log_to_model_run(cfg: TrackingConfig, run_file: str | Path):
-    """Reopen the training run recorded in `run_file`, so evaluation and analysis stages attach their
-    metrics, tables and plots to the model they evaluated. Use as a context manager."""
-    import mlflow
-
-    run_id = read_run_id(run_file)
-    configure(cfg)
-    return mlflow.start_run(run_id=run_id)

@@ -9,18 +9,13 @@ them to the MLflow run of the evaluated model (metrics prefixed `plan/`).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import mlflow
-
-from lewm.checkpoint import load_model
 from lewm.config import load_params
-from lewm.data.storage import EpisodeStore
 from lewm.evaluation import evaluate_model, read_manifest
 from lewm.io import atomic_file, write_json
-from lewm.tracking import log_table, log_to_model_run
 from pipelines._cli import base_parser, run_cli
+from pipelines._stage import load_model_and_data, log_to_training_run, training_run_id
 
 
 def plan_stage(
@@ -30,10 +25,10 @@ def plan_stage(
 ) -> dict[str, float]:
     """Evaluate runs/<env>/train/model.pt on runs/<env>/manifests/test.parquet; return the summary."""
     params = load_params(params_path, overrides)
-    train_dir = Path(train_dir or f"runs/{env}/train")
+    model_path = Path(train_dir or f"runs/{env}/train") / "model.pt"
     out_dir = Path(out_dir or f"runs/{env}/plan")
-    model, meta = load_model(train_dir / "model.pt")
-    store = EpisodeStore.open(f"data/{env}")
+    model, meta, store = load_model_and_data(env, model_path, f"data/{env}")
+    run_id = training_run_id(model_path) if track else None
     manifest = read_manifest(f"runs/{env}/manifests/test.parquet")
     gif_dir = out_dir / "gifs"
     rows, summary = evaluate_model(model, meta, manifest, store, params.plan, params.eval,
@@ -43,13 +38,9 @@ def plan_stage(
     with atomic_file(out_dir / "episodes.parquet") as tmp:
         rows.to_parquet(tmp, index=False)
     write_json(out_dir / "metrics.json", summary)
-    if track:
-        with log_to_model_run(params.tracking, train_dir / "run.json"):
-            mlflow.log_metrics({f"plan/{k}": v for k, v in summary.items() if math.isfinite(v)})
-            log_table(rows, "plan/episodes.parquet")
-            mlflow.log_artifact(str(out_dir / "metrics.json"), artifact_path="plan")
-            if gif_dir.is_dir():
-                mlflow.log_artifacts(str(gif_dir), artifact_path="plan/gifs")
+    if run_id is not None:
+        artifacts = [out_dir / "episodes.parquet", out_dir / "metrics.json", *sorted(gif_dir.glob("*.gif"))]
+        log_to_training_run(params.tracking, run_id, "plan", summary, artifacts, meta["step"])
     return summary
 
 

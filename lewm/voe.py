@@ -1,0 +1,289 @@
+"""Violation of expectation (reference §10): is the world model surprised by physically impossible events
+more than by merely visual ones?
+
+Per episode, three trajectories share the initial state and the action sequence:
+- `unperturbed`: the data-collection policy acts (seeded by `voe.seed` and the episode index); its
+  executed actions are recorded;
+- `color`: the recorded actions are replayed, and the block's colour becomes `voe.color` from frame
+  `perturb_step` on (set just before the step that renders that frame; the physics is untouched);
+- `teleport`: the recorded actions are replayed, and right after the step that leads to frame
+  `perturb_step` the whole scene (block AND agent) is set to a random valid state, at rest; it is the
+  observation at frame `perturb_step`. The state is an episode start drawn by `env.reset` from a seed of
+  its own (`voe.seed`, episode index), so every model sees the same teleport.
+Frames before `perturb_step` are therefore identical across conditions. After it the recorded actions
+keep being replayed unchanged (the actions are relative moves, valid anywhere), so only the perturbation
+differs between conditions, never the agent's commands.
+
+Surprise works at the model's temporal resolution: frames `fs = frameskip` raw steps apart and action
+blocks of `fs` raw actions, z-scored with the training statistics, exactly as in training clips. For every
+raw step t with a full history, the context is frames t − fs·(h−1), …, t (h = history), each with the
+block of actions executed after it, and the last predictor output is the prediction of frame t + fs:
+
+    surprise(t + fs) = ‖predict(z_context, blocks)[-1] − encode(o_{t+fs})‖²   (sum over embedding dims)
+
+Windows slide with stride 1 over raw steps, so the curve has one value per raw step. It is indexed by the
+PREDICTED frame k = t + fs, the observation whose surprise is measured: k = perturb_step is the first
+perturbed observation the model sees, so the spike sits at the perturbation marker. (Indexed by the
+context's last frame, the same spike would appear fs steps before the perturbation.)
+
+Statistics per perturbed condition, from the per-episode peak (max surprise over predicted frames
+perturb_step … perturb_step + window): the ratio of mean peaks to the unperturbed mean peak, the median
+of per-episode peak ratios, and a paired one-sided t-test (perturbed > unperturbed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from lewm.config import VoEConfig
+from lewm.data.clips import ActionStats
+from lewm.data.generate import EpisodeJob, record_episode
+from lewm.envs import make_env
+from lewm.model import LeWM
+from lewm.plots import save_figure
+
+CONDITIONS = ("unperturbed", "color", "teleport")
+PERTURBED = CONDITIONS[1:]
+_TELEPORT_STREAM = 2  # SeedSequence spawn key of the teleport draws (0 and 1 are used by data generation)
+
+
+@dataclass
+class Trajectory:
+    """One rollout: frames (T+1, H, W, 3) uint8, states (T+1, S) and the T executed actions (T, A)."""
+
+    episode: int
+    condition: str
+    frames: np.ndarray
+    states: np.ndarray
+    actions: np.ndarray
+
+
+def check_config(cfg: VoEConfig, frameskip: int, history: int) -> None:
+    """Raise one ValueError naming every `voe.*` value that leaves the surprise window uncovered."""
+    first_predicted = frameskip * history  # the first frame with a full context before it
+    problems = []
+    if cfg.episodes < 2:
+        problems.append(f"voe.episodes must be ≥ 2 for a paired t-test, got {cfg.episodes}")
+    if cfg.window < 1:
+        problems.append(f"voe.window must be ≥ 1, got {cfg.window}")
+    if cfg.perturb_step - cfg.window < first_predicted:
+        problems.append(
+            f"voe.perturb_step − voe.window must be ≥ frameskip·history = {first_predicted} (the first frame "
+            f"with a full context), got {cfg.perturb_step} − {cfg.window}"
+        )
+    if cfg.perturb_step + cfg.window > cfg.steps:
+        problems.append(f"voe.perturb_step + voe.window must be ≤ voe.steps = {cfg.steps}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def teleport_state(env_name: str, env_kwargs: dict[str, Any], seed: int, episode: int) -> np.ndarray:
+    """The random valid state episode `episode` teleports to: a start state drawn by `reset`."""
+    sequence = np.random.SeedSequence(seed, spawn_key=(_TELEPORT_STREAM, episode))
+    env = make_env(env_name, **env_kwargs)
+    try:
+        obs, _ = env.reset(seed=int(sequence.generate_state(1)[0]))
+    finally:
+        env.close()
+    return obs["state"]
+
+
+def replay(
+    env: Any,
+    reset_seed: int,
+    actions: np.ndarray,
+    perturb_step: int,
+    condition: str,
+    color: tuple[int, int, int] | list[int],
+    teleport_to: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames and states of `actions` replayed from `reset(seed=reset_seed)` under `condition`."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"unknown VoE condition {condition!r} (known: {', '.join(CONDITIONS)})")
+    if condition == "color" and not hasattr(env.unwrapped, "set_block_color"):
+        raise ValueError(f"{type(env.unwrapped).__name__} has no colour perturbation (set_block_color)")
+    obs, _ = env.reset(seed=reset_seed)
+    frames, states = [obs["pixels"]], [obs["state"]]
+    for step, action in enumerate(actions, start=1):
+        if step == perturb_step and condition == "color":
+            env.unwrapped.set_block_color(color)
+        obs = env.step(action)[0]
+        if step == perturb_step and condition == "teleport":
+            obs = env.unwrapped.set_state(teleport_to)
+        frames.append(obs["pixels"])
+        states.append(obs["state"])
+    return np.stack(frames), np.stack(states)
+
+
+def episode_trajectories(
+    env_name: str, env_kwargs: dict[str, Any], cfg: VoEConfig, episode: int
+) -> dict[str, Trajectory]:
+    """The three conditions of one episode (see the module docstring), each in a fresh environment."""
+    kwargs = {**env_kwargs, "max_steps": cfg.steps}
+    job = EpisodeJob(episode, cfg.seed, cfg.policy, cfg.action_noise, cfg.steps)
+    env = make_env(env_name, **kwargs)
+    try:
+        record = record_episode(env, job)
+    finally:
+        env.close()
+    trajectories = {
+        "unperturbed": Trajectory(episode, "unperturbed", record.frames, record.states, record.actions)
+    }
+    destination = teleport_state(env_name, kwargs, cfg.seed, episode)
+    for condition in PERTURBED:
+        env = make_env(env_name, **kwargs)
+        try:
+            frames, states = replay(
+                env, record.seed, record.actions, cfg.perturb_step, condition, cfg.color, destination
+            )
+        finally:
+            env.close()
+        trajectories[condition] = Trajectory(episode, condition, frames, states, record.actions)
+    return trajectories
+
+
+def surprise_curve(
+    model: LeWM,
+    frames: np.ndarray,
+    actions: np.ndarray,
+    action_stats: ActionStats,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted frame indices k, surprise at k) of one trajectory, for every raw step with a full
+    history context (see the module docstring for the windows and their alignment)."""
+    fs, history = model.frameskip, model.history
+    context_ends = np.arange(fs * (history - 1), len(actions) - fs + 1)
+    if len(context_ends) == 0:
+        raise ValueError(f"{len(actions)} actions are too few for a context of {history} frames {fs} apart")
+    context = context_ends[:, None] - fs * np.arange(history - 1, -1, -1)  # (W, h) frame indices
+    normalised = action_stats.normalize(np.asarray(actions, dtype=np.float64)).astype(np.float32)
+    blocks = normalised[context[..., None] + np.arange(fs)]  # (W, h, fs, A), step-major as in clips
+    pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).to(device)
+    model.eval()
+    with torch.inference_mode():
+        z = model.encode(pixels).float()
+        window_context = torch.as_tensor(context, device=device)
+        action_blocks = torch.from_numpy(blocks.reshape(*context.shape, -1)).to(device)
+        predicted = model.predict(z[window_context], action_blocks)[:, -1]
+        target = z[torch.as_tensor(context_ends + fs, device=device)]
+        surprise = ((predicted - target) ** 2).sum(dim=-1)
+    return context_ends + fs, surprise.cpu().numpy().astype(np.float64)
+
+
+def surprise_table(
+    model: LeWM,
+    action_stats: ActionStats,
+    trajectories: list[Trajectory],
+    perturb_step: int,
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """Per episode × condition × predicted frame: `episode`, `condition`, `step` (the predicted frame),
+    `relative_step` (step − perturb_step) and `surprise`."""
+    parts = []
+    for trajectory in trajectories:
+        steps, surprise = surprise_curve(model, trajectory.frames, trajectory.actions, action_stats, device)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "episode": trajectory.episode,
+                    "condition": trajectory.condition,
+                    "step": steps,
+                    "relative_step": steps - perturb_step,
+                    "surprise": surprise,
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def peak_surprise(table: pd.DataFrame, window: int) -> pd.DataFrame:
+    """Max surprise per episode (rows) and condition (columns) over relative steps 0 … window."""
+    after = table[(table["relative_step"] >= 0) & (table["relative_step"] <= window)]
+    return after.pivot_table(index="episode", columns="condition", values="surprise", aggfunc="max")
+
+
+def compare_peaks(perturbed: np.ndarray, unperturbed: np.ndarray) -> dict[str, float]:
+    """Peak ratios (ratio of means, median of per-episode ratios) and a paired one-sided t-test that the
+    perturbed peaks exceed the unperturbed ones."""
+    perturbed, unperturbed = (
+        np.asarray(perturbed, dtype=np.float64),
+        np.asarray(unperturbed, dtype=np.float64),
+    )
+    test = stats.ttest_rel(perturbed, unperturbed, alternative="greater")
+    return {
+        "peak_mean": float(perturbed.mean()),
+        "peak_ratio": float(perturbed.mean() / unperturbed.mean()),
+        "peak_ratio_median": float(np.median(perturbed / unperturbed)),
+        "t_stat": float(test.statistic),
+        "p_value": float(test.pvalue),
+    }
+
+
+def voe_metrics(table: pd.DataFrame, window: int) -> dict[str, float]:
+    """Flat metrics: `unperturbed.peak_mean` and, per perturbed condition, `compare_peaks` keys."""
+    peaks = peak_surprise(table, window)
+    metrics = {"unperturbed.peak_mean": float(peaks["unperturbed"].mean())}
+    for condition in PERTURBED:
+        comparison = compare_peaks(peaks[condition].to_numpy(), peaks["unperturbed"].to_numpy())
+        metrics.update({f"{condition}.{key}": value for key, value in comparison.items()})
+    return metrics
+
+
+def plot_surprise(table: pd.DataFrame, window: int, metrics: dict[str, float], path: str | Path) -> None:
+    """Mean ± s.e.m. surprise over episodes around the perturbation (relative step 0), per condition."""
+    near = table[table["relative_step"].abs() <= window]
+    curves = near.groupby(["condition", "relative_step"])["surprise"].agg(["mean", "sem"]).reset_index()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for condition in CONDITIONS:
+        curve = curves[curves["condition"] == condition]
+        label = condition
+        if condition in PERTURBED:
+            label += (
+                f" (peak ×{metrics[f'{condition}.peak_ratio']:.2f}, p={metrics[f'{condition}.p_value']:.2g})"
+            )
+        ax.plot(curve["relative_step"], curve["mean"], marker=".", label=label)
+        ax.fill_between(
+            curve["relative_step"], curve["mean"] - curve["sem"], curve["mean"] + curve["sem"], alpha=0.25
+        )
+    ax.axvline(0, color="black", linestyle="--", linewidth=1, label="perturbation")
+    ax.set_xlabel("predicted frame − perturbation step (raw steps)")
+    ax.set_ylabel("surprise ‖ẑ − z‖²")
+    ax.set_title(f"violation of expectation ({table['episode'].nunique()} episodes, mean ± s.e.m.)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+@dataclass
+class VoEResult:
+    """Surprise per episode × condition × predicted frame, and the flat metrics derived from it."""
+
+    table: pd.DataFrame
+    metrics: dict[str, float]
+
+
+def run_voe(
+    model: LeWM,
+    meta: dict[str, Any],
+    env_kwargs: dict[str, Any],
+    cfg: VoEConfig,
+    device: str | torch.device = "cpu",
+) -> VoEResult:
+    """Roll out `cfg.episodes` episodes of the three conditions in `meta["env"]` (built with `env_kwargs`,
+    as the training data was) and measure the model's surprise along them."""
+    check_config(cfg, model.frameskip, model.history)
+    trajectories = [
+        trajectory
+        for episode in range(cfg.episodes)
+        for trajectory in episode_trajectories(meta["env"], env_kwargs, cfg, episode).values()
+    ]
+    table = surprise_table(model.to(device), meta["action_stats"], trajectories, cfg.perturb_step, device)
+    return VoEResult(table, voe_metrics(table, cfg.window))

@@ -1,0 +1,69 @@
+"""Plumbing shared by the stages that analyse a trained model (plan, probe, voe): load the checkpoint with
+its dataset, and append results to the MLflow run that trained it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lewm.checkpoint import load_model
+from lewm.config import TrackingConfig
+from lewm.data.storage import EpisodeStore
+from lewm.model import LeWM
+from lewm.tracking import configure, read_run_id
+
+
+def load_model_and_data(
+    env: str, model_path: str | Path, data_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[LeWM, dict[str, Any], EpisodeStore]:
+    """The trained model (on `device`), its meta and the dataset, checked to belong together."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise FileNotFoundError(
+            f"{model_path}: model checkpoint not found (run `python -m pipelines.train --env {env}` first)"
+        )
+    model, meta = load_model(model_path, device)
+    store = EpisodeStore.open(data_dir)
+    if meta["env"] != env or store.manifest["env"] != env:
+        raise ValueError(
+            f"environment mismatch: --env {env}, model {meta['env']!r}, dataset {store.manifest['env']!r}"
+        )
+    if store.manifest["image_size"] != meta["image_size"]:
+        raise ValueError(
+            f"{data_dir}: {store.manifest['image_size']} px frames, but the model was trained on "
+            f"{meta['image_size']} px"
+        )
+    return model, meta, store
+
+
+def training_run_id(model_path: Path) -> str:
+    """The MLflow run that trained the checkpoint at `model_path` (its run.json sits next to it), checked
+    before any work so that a stage does not fail only at the end."""
+    run_file = model_path.parent / "run.json"
+    run_id = read_run_id(run_file)
+    if run_id is None:
+        raise ValueError(f"{run_file}: the training run was not tracked in MLflow (use --no-track)")
+    return run_id
+
+
+def log_to_training_run(
+    tracking: TrackingConfig,
+    run_id: str,
+    prefix: str,
+    metrics: dict[str, float],
+    artifacts: list[Path],
+    step: int | None = None,
+) -> None:
+    """Append `metrics` (as `<prefix>/<key>`, NaN left out) and `artifacts` (under `<prefix>/`) to MLflow run
+    `run_id`."""
+    configure(tracking)
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id):
+        finite = {f"{prefix}/{key}": value for key, value in metrics.items() if math.isfinite(value)}
+        mlflow.log_metrics(finite, step=step or 0)
+        for path in artifacts:
+            mlflow.log_artifact(str(path), artifact_path=prefix)
