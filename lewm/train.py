@@ -29,10 +29,11 @@ from torch import nn
 from tqdm import tqdm
 
 from lewm.checkpoint import build_model, model_meta, read_checkpoint, save_checkpoint
-from lewm.config import Params
+from lewm.config import Params, TrainConfig
 from lewm.data.clips import ActionStats, ClipDataset
 from lewm.data.storage import EpisodeStore
 from lewm.diagnostics import embedding_stats, straightness
+from lewm.evaluation import evaluate_model, read_manifest
 from lewm.io import write_json
 from lewm.losses import lewm_loss
 from lewm.sigreg import SIGReg
@@ -134,10 +135,17 @@ def init_distributed() -> tuple[int, int]:
     return 0, 1
 
 
+def result_train_params(cfg: TrainConfig) -> dict[str, Any]:
+    """The train params that determine a run's result (execution-only settings such as logging left out)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _EXECUTION_ONLY_KEYS}
+
+
 def run_fingerprint(params: Params, meta: dict[str, Any], data_id: str) -> str:
     """Hash of everything that determines the result; a checkpoint resumes only into the same run."""
-    train = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in _EXECUTION_ONLY_KEYS}
-    payload = {"train": train, "meta": meta, "clip": dataclasses.asdict(params.clip), "data": data_id}
+    payload = {
+        "train": result_train_params(params.train), "meta": meta, "clip": dataclasses.asdict(params.clip),
+        "data": data_id,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -202,11 +210,15 @@ def train(
     tracker: Any | None = None,
     on_step: Callable[[int], None] | None = None,
     progress: bool = True,
+    plan_manifest: str | Path | None = None,
 ) -> TrainOutcome:
     """Train LeWM on `data_dir`; write checkpoints, history and metrics to `out_dir`.
 
     `tracker` (see lewm.tracking.RunTracker) receives params, metrics and artifacts; None logs nothing.
     `on_step(step)` is called after every optimiser step (tests use it to simulate an interruption).
+    With `train.plan_eval_every > 0` and a `plan_manifest` (validation start/goal pairs), planning success
+    is measured every that many steps and the best checkpoint by success rate is kept as
+    `checkpoints/best.pt`.
     """
     cfg, clip = params.train, params.clip
     rank, world_size = init_distributed()
@@ -276,6 +288,11 @@ def train(
         train_set, batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(cfg.seed),
     )
+    plan_check = None
+    if cfg.plan_eval_every > 0:
+        if plan_manifest is None:
+            raise ValueError("train.plan_eval_every > 0 needs a validation manifest (run the manifest stage)")
+        plan_check = PlanCheck(params, store, meta, read_manifest(plan_manifest))
     val_batches = _fixed_val_batches(val_set, cfg.batch_size, cfg.val_batches, cfg.seed)
     trajectories = validation_trajectories(store, clip.frameskip)
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -345,6 +362,14 @@ def train(
             if tracker is not None:
                 tracker.log_metrics(val_metrics, step)
 
+        if plan_check is not None and is_main and (step % cfg.plan_eval_every == 0 or step == total_steps):
+            plan_metrics = plan_check(core.model)
+            history["val"].append({"step": step, **plan_metrics})
+            if tracker is not None:
+                tracker.log_metrics(plan_metrics, step)
+            if plan_check.is_best(plan_metrics):
+                checkpoint(step, checkpoint_dir / "best.pt")
+
         if is_main and (step % cfg.checkpoint_every == 0 or step == total_steps):
             checkpoint(step, last_checkpoint)
         if on_step is not None:
@@ -364,6 +389,31 @@ def train(
     if dist.is_initialized():
         dist.barrier()
     return TrainOutcome(step=step, checkpoint=final_path, metrics=metrics, run_id=run_id)
+
+
+class PlanCheck:
+    """Planning success on the first `train.plan_eval_episodes` validation pairs, for checkpoint choice."""
+
+    def __init__(self, params: Params, store: EpisodeStore, meta: dict[str, Any], manifest: Any) -> None:
+        self.params, self.store, self.manifest = params, store, manifest
+        self.meta = {**meta, "action_stats": ActionStats.from_dict(meta["action_stats"])}
+        self.best = -1.0
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        _, summary = evaluate_model(
+            model, self.meta, self.manifest, self.store, self.params.plan, self.params.eval,
+            episodes=self.params.train.plan_eval_episodes, baselines=(),
+        )
+        return {f"val/plan_{k.removeprefix('lewm.')}": v for k, v in summary.items()
+                if k.startswith("lewm.") and k.endswith("success_rate")}
+
+    def is_best(self, metrics: dict[str, float]) -> bool:
+        """True when the reference-predicate success rate beats every earlier check."""
+        rate = metrics.get("val/plan_reference.success_rate", float("nan"))
+        if math.isfinite(rate) and rate > self.best:
+            self.best = rate
+            return True
+        return False
 
 
 def final_metrics(

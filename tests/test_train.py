@@ -134,3 +134,26 @@ def test_mlflow_run_holds_params_curves_and_model(tiny_data, tmp_path, monkeypat
     logged = mlflow.pytorch.load_model(f"runs:/{outcome.run_id}/model")
     pixels = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
     assert logged.eval().encode(pixels).shape == (2, 16)
+
+
+def test_planning_checks_during_training_keep_the_best_checkpoint(tiny_data, tmp_path):
+    from lewm.data.storage import EpisodeStore
+    from lewm.evaluation import build_manifest, write_manifest
+
+    manifest = tmp_path / "val.parquet"
+    pairs = build_manifest(EpisodeStore.open(tiny_data), split="val", n=2, goal_offset=5, seed=0)
+    write_manifest(pairs, manifest)
+    params = load_params(overrides=[
+        *TINY, "train.plan_eval_every=3", "train.plan_eval_episodes=2", "plan.samples=16", "plan.elites=4",
+        "plan.iterations=2", "eval.budget=10",
+    ])
+    outcome = train(params, "pusht", tiny_data, tmp_path / "run", progress=False, plan_manifest=manifest)
+    checks = [row for row in read_checkpoint(outcome.checkpoint)["history"]["val"]
+              if "val/plan_reference.success_rate" in row]
+    assert [row["step"] for row in checks] == [3, 6]
+    rates = [row["val/plan_block.success_rate"] for row in checks]
+    assert all(0.0 <= rate <= 1.0 or math.isnan(rate) for rate in rates)
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    assert best.is_file() and read_checkpoint(best)["step"] in (3, 6)
+    with pytest.raises(ValueError, match="validation manifest"):
+        train(params, "pusht", tiny_data, tmp_path / "other", progress=False)
