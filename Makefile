@@ -2,7 +2,9 @@
 VENV := .venv/bin
 export MUJOCO_GL ?= osmesa
 
-.PHONY: install repro test test-slow bench lint
+ENV ?= pusht
+
+.PHONY: install repro test test-slow bench lint bisect prefect-server serve
 
 install:
 	@bash scripts/setup.sh
@@ -22,3 +24,15 @@ bench: install
 lint: install
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
+
+# λ bisection for one environment (ENV=pusht); registers the best model as champion.
+bisect: install
+	$(VENV)/python -m pipelines.bisect --env $(ENV)
+
+# Prefect server and UI on http://127.0.0.1:4200 (run `make serve` in a second terminal).
+prefect-server: install
+	$(VENV)/prefect server start --host 127.0.0.1
+
+# Scheduled deployments (nightly pipeline, weekly λ search) served against that server.
+serve: install
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(VENV)/python -m pipelines.serve

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from lewm.config import load_params
+from lewm.config import Params, load_params
 from lewm.io import write_json
+from lewm.registry import model_name, register
 from lewm.tracking import RunTracker, tracking_uri
 from lewm.train import TrainOutcome, train
 from pipelines._cli import base_parser, run_cli
@@ -27,8 +28,11 @@ def train_stage(
     out_dir: str | Path | None = None,
     resume: bool = True,
     track: bool = True,
+    register_model: bool = True,
 ) -> TrainOutcome:
-    """Train on data/<env> into runs/<env>/train and record the MLflow run id in run.json."""
+    """Train on data/<env> into runs/<env>/train and record the MLflow run id in run.json. A tracked run's
+    model becomes a version of the registered model `tracking.registered_model` (unless `register_model`
+    is False: the Prefect flow registers in its own, retried, task)."""
     params = load_params(params_path, overrides)
     data_dir = Path(data_dir or f"data/{env}")
     out_dir = Path(out_dir or f"runs/{env}/train")
@@ -37,25 +41,46 @@ def train_stage(
     if track:
         tags = {"env": env, "stage": "train", "profile": params.profile}
         tracker = RunTracker(params.tracking, run_name=f"train-{env}", tags=tags)
-    outcome = train(params, env, data_dir, out_dir, resume=resume, tracker=tracker)
+    plan_manifest = Path(f"runs/{env}/manifests/val.parquet") if params.train.plan_eval_every > 0 else None
+    outcome = train(
+        params, env, data_dir, out_dir, resume=resume, tracker=tracker, plan_manifest=plan_manifest
+    )
+    registered = {}
+    if track and register_model:
+        registered = {"registered_model": model_name(params.tracking, env),
+                      "model_version": register_training_run(params, env, outcome.run_id)}
     write_json(out_dir / "run.json", {
         "run_id": outcome.run_id, "tracking_uri": tracking_uri(params.tracking) if track else None,
-        "experiment": params.tracking.experiment, "env": env,
+        "experiment": params.tracking.experiment, "env": env, **registered,
     })
     return outcome
 
 
+def register_training_run(params: Params, env: str, run_id: str) -> str:
+    """Register the run's logged model as a version of `tracking.registered_model`; return the version."""
+    return register(run_id, model_name(params.tracking, env),
+                    tags={"stage": "train", "lambda": params.train.lambda_, "profile": params.profile})
+
+
 @task(name="train-model")
-def train_task(env: str, params_path: str | None, overrides: list[str] | None) -> dict[str, float]:
-    return train_stage(env, params_path, overrides).metrics
+def train_task(env: str, params_path: str | None, overrides: list[str] | None) -> TrainOutcome:
+    return train_stage(env, params_path, overrides, register_model=False)
+
+
+@task(name="register-model", retries=2, retry_delay_seconds=5)
+def register_task(env: str, params_path: str | None, overrides: list[str] | None, run_id: str) -> str:
+    """Registry I/O, retried (training itself never is)."""
+    return register_training_run(load_params(params_path, overrides), env, run_id)
 
 
 @flow(name="train")
 def train_flow(
     env: str = "pusht", params_path: str | None = None, overrides: list[str] | None = None
-) -> dict[str, float]:
-    """Prefect flow around the training stage (same function the CLI calls)."""
-    return train_task(env, params_path, overrides)
+) -> dict[str, float | str]:
+    """Prefect flow around the training stage (same function the CLI calls), then registration."""
+    outcome = train_task(env, params_path, overrides)
+    version = register_task(env, params_path, overrides, outcome.run_id)
+    return {**outcome.metrics, "model_version": version}
 
 
 def main() -> None:

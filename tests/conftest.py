@@ -1,0 +1,54 @@
+"""Shared fixtures. Each is opt-in (requested by name), so tests that do not need them pay nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_TINY_MODEL = [
+    "model.encoder_depth=1", "model.encoder_dim=32", "model.encoder_heads=2", "model.patch_size=16",
+    "model.embed_dim=16", "model.projector_hidden=32", "model.predictor_depth=1", "model.predictor_heads=2",
+    "model.predictor_head_dim=8", "model.predictor_mlp_dim=32", "train.sigreg_projections=32",
+    "train.batch_size=8", "train.val_batches=1",
+]
+
+
+@pytest.fixture
+def tiny_model() -> list[str]:
+    """Parameter overrides for a model that trains in a fraction of a second per step on 32 px frames."""
+    return list(_TINY_MODEL)
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Point MLflow at a fresh SQLite database (and its artifacts at a temp directory) for the session,
+    so tests never write into the project's mlflow.db. Yields the tracking URI."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("LEWM_PROJECT_ROOT", str(root))  # lewm.tracking puts artifacts under <root>/mlartifacts
+        for key in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
+            patch.setenv(key, "true")
+        yield uri
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A throw-away Prefect API (temporary database) shared by the session's flow tests (≈8 s, once)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_pusht(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Push-T dataset (10 episodes of 40 steps at 32 px; 2 val and 1 test episode), made once."""
+    from lewm.config import DataConfig
+    from lewm.data.generate import generate_dataset
+
+    cfg = DataConfig(episodes=10, max_steps=40, image_size=32, seed=1, val_fraction=0.2, test_fraction=0.1)
+    return generate_dataset("pusht", cfg, tmp_path_factory.mktemp("data") / "pusht", progress=False)
