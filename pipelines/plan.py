@@ -21,9 +21,10 @@ from pipelines._stage import load_model_and_data, log_to_training_run, training_
 def plan_stage(
     env: str, params_path: str | None = None, overrides: list[str] | None = None,
     train_dir: str | Path | None = None, out_dir: str | Path | None = None, track: bool = True,
-    progress: bool = True,
+    progress: bool = True, pairs: int | None = None,
 ) -> dict[str, float]:
-    """Evaluate runs/<env>/train/model.pt on runs/<env>/manifests/test.parquet; return the summary."""
+    """Evaluate runs/<env>/train/model.pt on runs/<env>/manifests/test.parquet (or its first `pairs` pairs,
+    a uniform subset); return the summary."""
     params = load_params(params_path, overrides)
     model_path = Path(train_dir or f"runs/{env}/train") / "model.pt"
     out_dir = Path(out_dir or f"runs/{env}/plan")
@@ -32,7 +33,8 @@ def plan_stage(
     manifest = read_manifest(f"runs/{env}/manifests/test.parquet")
     gif_dir = out_dir / "gifs"
     rows, summary = evaluate_model(model, meta, manifest, store, params.plan, params.eval,
-                                   gif_dir=gif_dir if params.eval.gifs else None, progress=progress)
+                                   episodes=pairs, gif_dir=gif_dir if params.eval.gifs else None,
+                                   progress=progress)
     summary["cem_iterations"] = params.plan.iterations
     summary["cem_samples"] = params.plan.samples
     with atomic_file(out_dir / "episodes.parquet") as tmp:
@@ -67,9 +69,10 @@ def main() -> None:
     parser.add_argument("--train-dir", default=None, help="training outputs (default: runs/<env>/train)")
     parser.add_argument("--out", default=None, help="output directory (default: runs/<env>/plan)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--pairs", type=int, default=None, help="evaluate only the first N manifest pairs")
     args = parser.parse_args()
     summary = plan_stage(args.env, args.params, args.overrides, args.train_dir, args.out,
-                         track=not args.no_track)
+                         track=not args.no_track, pairs=args.pairs)
     print(describe(summary))
 
 
