@@ -45,6 +45,7 @@ class TrialResult:
     collapsed: bool
     run_id: str | None = None
     cached: bool = False
+    emb_std: float = math.nan  # mean per-dimension std of the validation embeddings
 
     @property
     def criterion(self) -> float:
@@ -84,9 +85,16 @@ def run_sequentially(evaluate: Evaluate, lambdas: Sequence[float]) -> list[Trial
     return [evaluate(lam) for lam in lambdas]
 
 
-def is_collapsed(effective_rank_fraction: float, val_pred_loss: float, min_fraction: float) -> bool:
-    """A trial collapsed if its embeddings span too few dimensions or its loss is not finite."""
-    return not (math.isfinite(val_pred_loss) and effective_rank_fraction >= min_fraction)
+def is_collapsed(
+    effective_rank_fraction: float, emb_std: float, val_pred_loss: float, min_fraction: float,
+    min_emb_std: float,
+) -> bool:
+    """A trial collapsed if its embeddings span too few dimensions, shrank towards a point (mean
+    per-dimension std below `min_emb_std`), or its loss is not finite. Both diagnostics are needed: the
+    effective rank is scale-invariant, so embeddings collapsed to a tiny noisy cloud can still have a
+    high one (measured with bench/bench_collapse.py: λ = 0 gave std 0.006 but a higher rank than λ = 0.09)."""
+    healthy = effective_rank_fraction >= min_fraction and emb_std >= min_emb_std
+    return not (math.isfinite(val_pred_loss) and healthy)
 
 
 def best_trial(trials: Sequence[TrialResult]) -> TrialResult:

@@ -8,7 +8,9 @@ import torch
 
 def effective_rank(z: torch.Tensor) -> float:
     """Roy & Vetterli effective rank of a (N, D) embedding matrix: exp(entropy of normalised singular
-    values) of the centred matrix. D for isotropic embeddings, 1 for embeddings on a line, ~0 if constant."""
+    values) of the centred matrix: D for isotropic embeddings, 1 for embeddings on a line, 0 if constant.
+    It is scale-invariant, so read it together with the embedding std: a collapse to a tiny noisy cloud
+    keeps a high rank."""
     z = z.reshape(-1, z.shape[-1]).double()
     z = z - z.mean(dim=0, keepdim=True)
     singular = torch.linalg.svdvals(z)

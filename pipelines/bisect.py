@@ -133,8 +133,8 @@ def run_trial(setup: SearchSetup, lambda_: float) -> TrialResult:
         key, lambda directory: train_and_evaluate(setup, params, lambda_, directory)
     )
     # the threshold is not part of the key: apply the current one to cached trials too
-    collapsed = is_collapsed(result.effective_rank_fraction, result.val_pred_loss,
-                             params.bisect.min_effective_rank_fraction)
+    collapsed = is_collapsed(result.effective_rank_fraction, result.emb_std, result.val_pred_loss,
+                             params.bisect.min_effective_rank_fraction, params.bisect.min_emb_std)
     return dataclasses.replace(result, collapsed=collapsed)
 
 
@@ -169,11 +169,13 @@ def train_and_evaluate(setup: SearchSetup, params: Params, lambda_: float, direc
     metrics = outcome.metrics
     loss = float(metrics.get("val_pred_loss", float("nan")))
     rank_fraction = float(metrics.get("val_effective_rank_fraction", 0.0))
+    emb_std = float(metrics.get("val_emb_std", float("nan")))
     return TrialResult(
         lambda_=lambda_, success_rate=float(planning[f"{CRITERION_PREDICATE}.success_rate"]),
         val_pred_loss=loss, effective_rank_fraction=rank_fraction,
-        collapsed=is_collapsed(rank_fraction, loss, params.bisect.min_effective_rank_fraction),
-        run_id=outcome.run_id,
+        collapsed=is_collapsed(rank_fraction, emb_std, loss, params.bisect.min_effective_rank_fraction,
+                               params.bisect.min_emb_std),
+        run_id=outcome.run_id, emb_std=emb_std,
     )
 
 

@@ -35,7 +35,8 @@ def peaked(optimum: float, collapse_above: float = math.inf, flat: bool = False)
         success = 0.5 if flat else max(0.0, 1.0 - distance**2 / 4)
         collapsed = lam > collapse_above
         return TrialResult(lambda_=lam, success_rate=success, val_pred_loss=0.1 + distance,
-                           effective_rank_fraction=0.01 if collapsed else 0.5, collapsed=collapsed)
+                           effective_rank_fraction=0.01 if collapsed else 0.5, collapsed=collapsed,
+                           emb_std=0.8)
 
     evaluate.calls = calls  # type: ignore[attr-defined]
     return evaluate
@@ -186,7 +187,9 @@ def test_tiny_search_end_to_end(tiny_pusht, tiny_model, mlflow_store, tmp_path):
     overrides = [*tiny_model, "bisect.trials=2", "bisect.train_steps=3", "bisect.val_episodes=2",
                  "plan.samples=8", "plan.elites=2", "plan.iterations=2", "plan.horizon=2", "plan.receding=2",
                  "eval.budget=6", "eval.goal_offset=10", "train.val_every=3",
-                 "tracking.experiment=bisect-test"]
+                 "tracking.experiment=bisect-test",
+                 # a 3-step model has not left its initial scale yet: test the plumbing, not the criterion
+                 "bisect.min_emb_std=0.0", "bisect.min_effective_rank_fraction=0.0"]
     out = tmp_path / "bisect"
     outcome = bisect_stage("pusht", overrides=overrides, data_dir=tiny_pusht, out_dir=out)
 
@@ -231,7 +234,8 @@ def test_parallel_flow_matches_the_sequential_search(tiny_pusht, tiny_model, mlf
 
     overrides = [*tiny_model, "bisect.trials=3", "bisect.train_steps=3", "bisect.val_episodes=2",
                  "plan.samples=8", "plan.elites=2", "plan.iterations=2", "plan.horizon=2", "plan.receding=2",
-                 "eval.budget=6", "eval.goal_offset=10", "train.val_every=3"]
+                 "eval.budget=6", "eval.goal_offset=10", "train.val_every=3",
+                 "bisect.min_emb_std=0.0", "bisect.min_effective_rank_fraction=0.0"]
     sequential = bisect_stage("pusht", overrides=overrides, data_dir=tiny_pusht, out_dir=tmp_path / "seq",
                               track=False)
     summary = bisect_flow("pusht", overrides=[*overrides, "bisect.parallel=2"], data_dir=str(tiny_pusht),
@@ -242,3 +246,14 @@ def test_parallel_flow_matches_the_sequential_search(tiny_pusht, tiny_model, mlf
     losses = [t.val_pred_loss for t in sequential.result.trials]
     assert list(parallel["val_pred_loss"]) == pytest.approx(losses, rel=2e-2)
     assert summary["best_lambda"] == sequential.result.best.lambda_
+
+
+def test_collapse_is_detected_by_rank_or_by_scale():
+    from lewm.bisection import is_collapsed
+
+    thresholds = {"min_fraction": 0.05, "min_emb_std": 0.05}
+    assert not is_collapsed(0.24, 0.73, 0.19, **thresholds)  # the healthy λ = 0.09 run of bench_collapse
+    assert is_collapsed(0.28, 0.006, 4e-5, **thresholds)  # λ = 0: high (scale-free) rank, std collapsed
+    assert is_collapsed(0.01, 0.8, 0.1, **thresholds)  # embeddings on a few directions
+    assert is_collapsed(0.3, 0.8, float("nan"), **thresholds)  # diverged
+    assert is_collapsed(0.3, float("nan"), 0.1, **thresholds)  # no std measured: not trusted as healthy
