@@ -3,6 +3,7 @@ its dataset, and append results to the MLflow run that trained it."""
 
 from __future__ import annotations
 
+import argparse
 import math
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from lewm.config import TrackingConfig
 from lewm.data.storage import EpisodeStore
 from lewm.model import LeWM
 from lewm.tracking import configure, read_run_id
+from pipelines._cli import base_parser
 
 
 def load_model_and_data(
@@ -67,3 +69,15 @@ def log_to_training_run(
         mlflow.log_metrics(finite, step=step or 0)
         for path in artifacts:
             mlflow.log_artifact(str(path), artifact_path=prefix)
+
+
+def analysis_parser(description: str, stage: str) -> argparse.ArgumentParser:
+    """The options of a stage that analyses a trained model: env, data, checkpoint, output, device."""
+    parser = base_parser(description)
+    parser.add_argument("--env", required=True)
+    parser.add_argument("--data", default=None, help="dataset directory (default: data/<env>)")
+    parser.add_argument("--model", default=None, help="checkpoint (default: runs/<env>/train/model.pt)")
+    parser.add_argument("--out", default=None, help=f"output directory (default: runs/<env>/{stage})")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    return parser

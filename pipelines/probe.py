@@ -17,8 +17,8 @@ from lewm.config import load_params
 from lewm.io import atomic_file, write_json
 from lewm.probing import plot_probe_scores, run_probing
 from lewm.train import resolve_device
-from pipelines._cli import base_parser, run_cli
-from pipelines._stage import load_model_and_data, log_to_training_run, training_run_id
+from pipelines._cli import run_cli
+from pipelines._stage import analysis_parser, load_model_and_data, log_to_training_run, training_run_id
 
 
 def probe_stage(
@@ -63,14 +63,7 @@ def probe_flow(
 
 
 def main() -> None:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--env", required=True)
-    parser.add_argument("--data", default=None, help="dataset directory (default: data/<env>)")
-    parser.add_argument("--model", default=None, help="checkpoint (default: runs/<env>/train/model.pt)")
-    parser.add_argument("--out", default=None, help="output directory (default: runs/<env>/probe)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
-    args = parser.parse_args()
+    args = analysis_parser(__doc__.splitlines()[0], "probe").parse_args()
     metrics = probe_stage(
         args.env,
         args.params,
