@@ -22,6 +22,14 @@ def tiny_model() -> list[str]:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_config():
+    """The same tiny architecture as a ModelConfig, for tests that build checkpoints directly."""
+    from lewm.config import load_params
+
+    return load_params(overrides=_TINY_MODEL).model
+
+
+@pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Point MLflow at a fresh SQLite database (and its artifacts at a temp directory) for the session,
     so tests never write into the project's mlflow.db. Yields the tracking URI."""

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lewm.checkpoint import build_model, model_meta, save_checkpoint
-from lewm.config import DataConfig, ModelConfig, ProbeConfig, TrackingConfig
+from lewm.config import DataConfig, ProbeConfig, TrackingConfig
 from lewm.data.clips import ActionStats
 from lewm.data.generate import generate_dataset
 from lewm.data.storage import EpisodeStore
@@ -31,23 +31,11 @@ from lewm.probing import (
 from lewm.tracking import configure
 from pipelines import probe as probe_pipeline
 
-TINY_MODEL = ModelConfig(
-    encoder_depth=1,
-    encoder_dim=32,
-    encoder_heads=2,
-    patch_size=16,
-    embed_dim=16,
-    projector_hidden=32,
-    predictor_depth=1,
-    predictor_heads=2,
-    predictor_head_dim=8,
-    predictor_mlp_dim=32,
-)
 TINY_PROBE = ["probe.max_frames=60", "probe.mlp_hidden=16", "probe.mlp_epochs=5"]
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, tiny_model_config):
     """A tiny Push-T dataset and an untrained tiny model checkpoint at runs/pusht/train/model.pt."""
     root = tmp_path_factory.mktemp("probe")
     cfg = DataConfig(episodes=6, max_steps=30, image_size=32, seed=2, val_fraction=0.2, test_fraction=0.2)
@@ -55,7 +43,7 @@ def tiny_run(tmp_path_factory):
     store = EpisodeStore.open(data)
     meta = model_meta(
         env="pusht",
-        model_cfg=TINY_MODEL,
+        model_cfg=tiny_model_config,
         image_size=32,
         action_dim=2,
         frameskip=5,

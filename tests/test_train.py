@@ -13,13 +13,12 @@ from lewm.config import DataConfig, load_params
 from lewm.data.generate import generate_dataset
 from lewm.train import StepBatchSampler, learning_rate, train
 
-TINY = [
-    "model.encoder_depth=1", "model.encoder_dim=32", "model.encoder_heads=2", "model.patch_size=16",
-    "model.embed_dim=16", "model.projector_hidden=32", "model.predictor_depth=1", "model.predictor_heads=2",
-    "model.predictor_head_dim=8", "model.predictor_mlp_dim=32", "train.sigreg_projections=32",
-    "train.batch_size=8", "train.max_steps=6", "train.log_every=2", "train.val_every=3",
-    "train.checkpoint_every=2", "train.val_batches=1",
-]
+
+@pytest.fixture
+def tiny(tiny_model):
+    """The shared tiny model, trained for 6 steps with frequent logs, validation and checkpoints."""
+    return [*tiny_model, "train.max_steps=6", "train.log_every=2", "train.val_every=3",
+            "train.checkpoint_every=2"]
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +57,8 @@ def test_ranks_partition_the_global_batch():
         assert ranks[0][step] + ranks[1][step] == batch
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tiny_data, tmp_path):
-    params = load_params(overrides=TINY)
+def test_interrupted_run_resumes_to_the_same_weights(tiny, tiny_data, tmp_path):
+    params = load_params(overrides=tiny)
     straight = train(params, "pusht", tiny_data, tmp_path / "straight", progress=False)
 
     def interrupt(step: int) -> None:
@@ -79,10 +78,10 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_data, tmp_path):
     assert resumed.metrics["val_pred_loss"] == straight.metrics["val_pred_loss"]
 
 
-def test_checkpoint_of_other_params_is_not_resumed(tiny_data, tmp_path):
-    params = load_params(overrides=TINY)
+def test_checkpoint_of_other_params_is_not_resumed(tiny, tiny_data, tmp_path):
+    params = load_params(overrides=tiny)
     train(params, "pusht", tiny_data, tmp_path / "run", progress=False)
-    other = load_params(overrides=[*TINY, "train.lambda=0.5"])
+    other = load_params(overrides=[*tiny, "train.lambda=0.5"])
     outcome = train(other, "pusht", tiny_data, tmp_path / "run", progress=False)
     assert outcome.step == 6
     _, meta = load_model(outcome.checkpoint)
@@ -91,8 +90,8 @@ def test_checkpoint_of_other_params_is_not_resumed(tiny_data, tmp_path):
     assert meta["step"] == 6
 
 
-def test_training_outputs_and_diagnostics(tiny_data, tmp_path):
-    params = load_params(overrides=TINY)
+def test_training_outputs_and_diagnostics(tiny, tiny_data, tmp_path):
+    params = load_params(overrides=tiny)
     outcome = train(params, "pusht", tiny_data, tmp_path, progress=False)
     for name in ("model.pt", "metrics.json", "train_history.csv", "val_history.csv", "curves.png"):
         assert (tmp_path / name).is_file(), name
@@ -105,19 +104,19 @@ def test_training_outputs_and_diagnostics(tiny_data, tmp_path):
     assert meta["image_size"] == 32 and meta["action_dim"] == 2 and meta["frameskip"] == 5
 
 
-def test_too_small_dataset_is_a_clear_error(tiny_data, tmp_path):
-    params = load_params(overrides=[*TINY, "train.batch_size=4096"])
+def test_too_small_dataset_is_a_clear_error(tiny, tiny_data, tmp_path):
+    params = load_params(overrides=[*tiny, "train.batch_size=4096"])
     with pytest.raises(ValueError, match="fewer than one batch"):
         train(params, "pusht", tiny_data, tmp_path, progress=False)
 
 
-def test_mlflow_run_holds_params_curves_and_model(tiny_data, tmp_path, monkeypatch):
+def test_mlflow_run_holds_params_curves_and_model(tiny, tiny_data, tmp_path, monkeypatch):
     import mlflow
 
     from lewm.tracking import RunTracker
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    params = load_params(overrides=TINY)
+    params = load_params(overrides=tiny)
     tracker = RunTracker(params.tracking, run_name="test")
     outcome = train(params, "pusht", tiny_data, tmp_path / "run", tracker=tracker, progress=False)
 
@@ -136,7 +135,7 @@ def test_mlflow_run_holds_params_curves_and_model(tiny_data, tmp_path, monkeypat
     assert logged.eval().encode(pixels).shape == (2, 16)
 
 
-def test_planning_checks_during_training_keep_the_best_checkpoint(tiny_data, tmp_path):
+def test_planning_checks_during_training_keep_the_best_checkpoint(tiny, tiny_data, tmp_path):
     from lewm.data.storage import EpisodeStore
     from lewm.evaluation import build_manifest, write_manifest
 
@@ -144,7 +143,7 @@ def test_planning_checks_during_training_keep_the_best_checkpoint(tiny_data, tmp
     pairs = build_manifest(EpisodeStore.open(tiny_data), split="val", n=2, goal_offset=5, seed=0)
     write_manifest(pairs, manifest)
     params = load_params(overrides=[
-        *TINY, "train.plan_eval_every=3", "train.plan_eval_episodes=2", "plan.samples=16", "plan.elites=4",
+        *tiny, "train.plan_eval_every=3", "train.plan_eval_episodes=2", "plan.samples=16", "plan.elites=4",
         "plan.iterations=2", "eval.budget=10",
     ])
     outcome = train(params, "pusht", tiny_data, tmp_path / "run", progress=False, plan_manifest=manifest)

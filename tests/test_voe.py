@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lewm.checkpoint import build_model, load_model, model_meta, save_checkpoint
-from lewm.config import DataConfig, ModelConfig, VoEConfig
+from lewm.config import DataConfig, VoEConfig
 from lewm.data.clips import ActionStats
 from lewm.data.generate import generate_dataset
 from lewm.data.storage import EpisodeStore
@@ -28,18 +28,6 @@ from pipelines import voe as voe_pipeline
 
 ENV_KWARGS = {"image_size": 32, "max_steps": 100}
 VOE = VoEConfig(episodes=2, steps=30, perturb_step=20, window=5, seed=3)
-TINY_MODEL = ModelConfig(
-    encoder_depth=1,
-    encoder_dim=32,
-    encoder_heads=2,
-    patch_size=16,
-    embed_dim=16,
-    projector_hidden=32,
-    predictor_depth=1,
-    predictor_heads=2,
-    predictor_head_dim=8,
-    predictor_mlp_dim=32,
-)
 TINY_VOE = ["voe.episodes=2", "voe.steps=30", "voe.perturb_step=20", "voe.window=5"]
 
 
@@ -49,14 +37,14 @@ def trajectories():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, tiny_model_config):
     """A tiny Push-T dataset and an untrained tiny model checkpoint (random action statistics)."""
     root = tmp_path_factory.mktemp("voe")
     cfg = DataConfig(episodes=4, max_steps=20, image_size=32, seed=2, val_fraction=0.25, test_fraction=0.25)
     data = generate_dataset("pusht", cfg, root / "data" / "pusht", progress=False)
     meta = model_meta(
         env="pusht",
-        model_cfg=TINY_MODEL,
+        model_cfg=tiny_model_config,
         image_size=32,
         action_dim=2,
         frameskip=5,
