@@ -6,7 +6,7 @@ Search logic: lewm/bisection.py. A trial trains `bisect.train_steps` steps at on
 for every trial, so trials differ by λ only), then plans on the first `bisect.val_episodes` start/goal
 pairs drawn from the VALIDATION episodes; its criterion is the `reference` success rate, ties broken by
 the lower validation prediction loss, a collapsed trial (effective rank fraction below
-`bisect.min_effective_rank_fraction`) ranks last.
+`bisect.min_effective_rank_fraction` or embedding std below `bisect.min_emb_std`) ranks last.
 
 Writes runs/<env>/bisect/{val_manifest.parquet, search.parquet, search.png, best.json} and one directory
 per trial, trials/<key>/ (its training run and result.json). The key hashes λ, every parameter that
