@@ -161,7 +161,7 @@ class BisectConfig:
     trials: int = 5
     train_steps: int = 300
     val_episodes: int = 20
-    min_effective_rank_fraction: float = 0.05  # below this a trial counts as collapsed (failure)
+    min_effective_rank_fraction: float = 0.01  # below this a trial counts as collapsed (failure)
     min_emb_std: float = 0.05  # so does a mean per-dimension embedding std below this (rank is scale-free)
     parallel: int = 1
     seed: int = 0
