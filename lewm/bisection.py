@@ -162,7 +162,8 @@ def search_table(result: SearchResult) -> Any:
             rows.append({"round": round_index, "lambda": trial.lambda_, "criterion": trial.criterion,
                          "success_rate": trial.success_rate, "val_pred_loss": trial.val_pred_loss,
                          "effective_rank_fraction": trial.effective_rank_fraction,
-                         "collapsed": trial.collapsed, "run_id": trial.run_id, "cached": trial.cached})
+                         "emb_std": trial.emb_std, "collapsed": trial.collapsed,
+                         "run_id": trial.run_id, "cached": trial.cached})
     table = pd.DataFrame(rows)
     table["best"] = table["lambda"] == result.best.lambda_
     return table

@@ -123,8 +123,9 @@ def test_search_table_holds_the_trace():
     result = search_lambda(peaked(0.09), LO, HI, 5)
     table = search_table(result)
     assert list(table["round"]) == [0, 0, 0, 1, 1]
-    assert {"lambda", "criterion", "success_rate", "val_pred_loss", "effective_rank_fraction", "collapsed",
-            "run_id", "cached", "best"} <= set(table.columns)
+    assert {"lambda", "criterion", "success_rate", "val_pred_loss", "effective_rank_fraction", "emb_std",
+            "collapsed", "run_id", "cached", "best"} <= set(table.columns)
+    assert (table["emb_std"] == 0.8).all()  # both collapse diagnostics are in the trace
     assert table["best"].sum() == 1
     assert table.loc[table["best"], "lambda"].item() == result.best.lambda_
 
