@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import pandas as pd
 import torch
 
 from lewm.checkpoint import load_model
-from lewm.config import TrackingConfig
+from lewm.config import Params, TrackingConfig, load_params
 from lewm.data.storage import EpisodeStore
+from lewm.io import atomic_file, write_json
 from lewm.model import LeWM
 from lewm.tracking import configure, read_run_id
+from lewm.train import resolve_device
 from pipelines._cli import base_parser
 
 
@@ -81,3 +85,55 @@ def analysis_parser(description: str, stage: str) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     return parser
+
+
+class AnalysisResult(Protocol):
+    """What an analysis returns: a table (one row per measurement) and the flat metrics derived from it."""
+
+    table: pd.DataFrame
+    metrics: dict[str, float]
+
+
+Analyse = Callable[[LeWM, dict[str, Any], EpisodeStore, Params, torch.device], AnalysisResult]
+"""Runs an analysis: (model, its meta, the dataset, params, device) → result."""
+
+
+def run_analysis_stage(
+    stage: str,
+    table_name: str,
+    analyse: Analyse,
+    plot: Callable[[AnalysisResult, Params, Path], None],
+    env: str,
+    params_path: str | None = None,
+    overrides: list[str] | None = None,
+    data_dir: str | Path | None = None,
+    model_path: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    track: bool = True,
+    device: str = "auto",
+) -> dict[str, float]:
+    """The body of an analysis stage (probe, voe): analyse runs/<env>/train/model.pt on data/<env>, write
+    runs/<env>/<stage>/{`table_name`, metrics.json, <stage>.png} and append them to the model's MLflow run
+    (metrics prefixed `<stage>/`). Returns the flat metrics."""
+    params = load_params(params_path, overrides)
+    model_path = Path(model_path or f"runs/{env}/train/model.pt")
+    out_dir = Path(out_dir or f"runs/{env}/{stage}")
+    torch_device = resolve_device(device)
+    model, meta, store = load_model_and_data(env, model_path, data_dir or f"data/{env}", torch_device)
+    run_id = training_run_id(model_path) if track else None
+    result = analyse(model, meta, store, params, torch_device)
+    with atomic_file(out_dir / table_name) as tmp:
+        result.table.to_parquet(tmp, index=False)
+    write_json(out_dir / "metrics.json", result.metrics)
+    plot(result, params, out_dir / f"{stage}.png")
+    if run_id is not None:
+        artifacts = [out_dir / name for name in (table_name, "metrics.json", f"{stage}.png")]
+        log_to_training_run(params.tracking, run_id, stage, result.metrics, artifacts, meta["step"])
+    return result.metrics
+
+
+def run_analysis_cli(stage_function: Callable[..., dict[str, float]], description: str, stage: str) -> dict:
+    """Parse the analysis options (`analysis_parser`) and run `stage_function` with them."""
+    args = analysis_parser(description, stage).parse_args()
+    return stage_function(args.env, args.params, args.overrides, args.data, args.model, args.out,
+                          track=not args.no_track, device=args.device)

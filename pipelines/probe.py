@@ -13,12 +13,9 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from lewm.config import load_params
-from lewm.io import atomic_file, write_json
 from lewm.probing import plot_probe_scores, run_probing
-from lewm.train import resolve_device
 from pipelines._cli import run_cli
-from pipelines._stage import analysis_parser, load_model_and_data, log_to_training_run, training_run_id
+from pipelines._stage import run_analysis_cli, run_analysis_stage
 
 
 def probe_stage(
@@ -32,21 +29,13 @@ def probe_stage(
     device: str = "auto",
 ) -> dict[str, float]:
     """Probe runs/<env>/train/model.pt on data/<env> into runs/<env>/probe; return the flat metrics."""
-    params = load_params(params_path, overrides)
-    model_path = Path(model_path or f"runs/{env}/train/model.pt")
-    out_dir = Path(out_dir or f"runs/{env}/probe")
-    torch_device = resolve_device(device)
-    model, meta, store = load_model_and_data(env, model_path, data_dir or f"data/{env}", torch_device)
-    run_id = training_run_id(model_path) if track else None
-    result = run_probing(model, meta, store, params.probe, torch_device)
-    with atomic_file(out_dir / "probes.parquet") as tmp:
-        result.table.to_parquet(tmp, index=False)
-    write_json(out_dir / "metrics.json", result.metrics)
-    plot_probe_scores(result.table, out_dir / "probe.png")
-    if run_id is not None:
-        artifacts = [out_dir / name for name in ("probes.parquet", "metrics.json", "probe.png")]
-        log_to_training_run(params.tracking, run_id, "probe", result.metrics, artifacts, meta["step"])
-    return result.metrics
+    return run_analysis_stage(
+        "probe", "probes.parquet",
+        lambda model, meta, store, params, torch_device: run_probing(model, meta, store, params.probe,
+                                                                    torch_device),
+        lambda result, params, path: plot_probe_scores(result.table, path),
+        env, params_path, overrides, data_dir, model_path, out_dir, track, device,
+    )
 
 
 @task(name="probe-encoder")
@@ -63,17 +52,7 @@ def probe_flow(
 
 
 def main() -> None:
-    args = analysis_parser(__doc__.splitlines()[0], "probe").parse_args()
-    metrics = probe_stage(
-        args.env,
-        args.params,
-        args.overrides,
-        args.data,
-        args.model,
-        args.out,
-        track=not args.no_track,
-        device=args.device,
-    )
+    metrics = run_analysis_cli(probe_stage, __doc__.splitlines()[0], "probe")
     quantities = sorted({key.split(".")[2] for key in metrics if key.count(".") == 3})
     for quantity in quantities:
         scores = ", ".join(

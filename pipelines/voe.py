@@ -13,12 +13,9 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from lewm.config import load_params
-from lewm.io import atomic_file, write_json
-from lewm.train import resolve_device
 from lewm.voe import PERTURBED, plot_surprise, run_voe
 from pipelines._cli import run_cli
-from pipelines._stage import analysis_parser, load_model_and_data, log_to_training_run, training_run_id
+from pipelines._stage import run_analysis_cli, run_analysis_stage
 
 
 def voe_stage(
@@ -33,21 +30,13 @@ def voe_stage(
 ) -> dict[str, float]:
     """Measure runs/<env>/train/model.pt's surprise into runs/<env>/voe; return the flat metrics. The
     environment is built with the dataset's `env_kwargs`, so frames look as in training."""
-    params = load_params(params_path, overrides)
-    model_path = Path(model_path or f"runs/{env}/train/model.pt")
-    out_dir = Path(out_dir or f"runs/{env}/voe")
-    torch_device = resolve_device(device)
-    model, meta, store = load_model_and_data(env, model_path, data_dir or f"data/{env}", torch_device)
-    run_id = training_run_id(model_path) if track else None
-    result = run_voe(model, meta, store.manifest["env_kwargs"], params.voe, torch_device)
-    with atomic_file(out_dir / "surprise.parquet") as tmp:
-        result.table.to_parquet(tmp, index=False)
-    write_json(out_dir / "metrics.json", result.metrics)
-    plot_surprise(result.table, params.voe.window, result.metrics, out_dir / "voe.png")
-    if run_id is not None:
-        artifacts = [out_dir / name for name in ("surprise.parquet", "metrics.json", "voe.png")]
-        log_to_training_run(params.tracking, run_id, "voe", result.metrics, artifacts, meta["step"])
-    return result.metrics
+    return run_analysis_stage(
+        "voe", "surprise.parquet",
+        lambda model, meta, store, params, torch_device: run_voe(model, meta, store.manifest["env_kwargs"],
+                                                                params.voe, torch_device),
+        lambda result, params, path: plot_surprise(result.table, params.voe.window, result.metrics, path),
+        env, params_path, overrides, data_dir, model_path, out_dir, track, device,
+    )
 
 
 @task(name="voe-surprise")
@@ -62,17 +51,7 @@ def voe_flow(env: str = "pusht", params_path: str | None = None, overrides: list
 
 
 def main() -> None:
-    args = analysis_parser(__doc__.splitlines()[0], "voe").parse_args()
-    metrics = voe_stage(
-        args.env,
-        args.params,
-        args.overrides,
-        args.data,
-        args.model,
-        args.out,
-        track=not args.no_track,
-        device=args.device,
-    )
+    metrics = run_analysis_cli(voe_stage, __doc__.splitlines()[0], "voe")
     for condition in PERTURBED:
         print(
             f"{condition}: peak surprise ×{metrics[f'{condition}.peak_ratio']:.2f} vs unperturbed "
