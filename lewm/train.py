@@ -26,7 +26,6 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from lewm.checkpoint import build_model, model_meta, read_checkpoint, save_checkpoint
 from lewm.config import Params, TrainConfig
@@ -36,6 +35,7 @@ from lewm.diagnostics import embedding_stats, straightness
 from lewm.evaluation import evaluate_model, read_manifest
 from lewm.io import write_json
 from lewm.losses import lewm_loss
+from lewm.progress import progress_bar
 from lewm.sigreg import SIGReg
 
 # Train params that change how a run is executed or logged, not what it computes.
@@ -323,8 +323,8 @@ def train(
         torch.set_rng_state(resumed_rng[0])
         if device.type == "cuda" and resumed_rng[1] is not None:
             torch.cuda.set_rng_state(resumed_rng[1], device)
-    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and is_main), desc=f"train {env}",
-               dynamic_ncols=True)
+    bar = progress_bar(total=total_steps, initial=start_step, desc=f"train {env}",
+                       enabled=progress and is_main)
     loss_module.train()
     step = start_step
     for batch in loader:
@@ -358,13 +358,13 @@ def train(
 
         if (step % cfg.val_every == 0 or step == total_steps) and is_main:
             val_metrics = validate(core, val_batches, trajectories, device, autocast)
-            history["val"].append({"step": step, **val_metrics})
+            record_validation(history["val"], step, val_metrics)
             if tracker is not None:
                 tracker.log_metrics(val_metrics, step)
 
         if plan_check is not None and is_main and (step % cfg.plan_eval_every == 0 or step == total_steps):
             plan_metrics = plan_check(core.model)
-            history["val"].append({"step": step, **plan_metrics})
+            record_validation(history["val"], step, plan_metrics)
             if tracker is not None:
                 tracker.log_metrics(plan_metrics, step)
             if plan_check.is_best(plan_metrics):
@@ -416,16 +416,26 @@ class PlanCheck:
         return False
 
 
+def record_validation(rows: list[dict[str, float]], step: int, metrics: dict[str, float]) -> None:
+    """Add `metrics` to the validation history: one row per step, so the losses and a planning check made
+    at the same step share a row (and a line of val_history.csv)."""
+    if rows and rows[-1]["step"] == step:
+        rows[-1].update(metrics)
+    else:
+        rows.append({"step": step, **metrics})
+
+
 def final_metrics(
     history: dict[str, list[dict[str, float]]], seconds: float, step: int, start_step: int, batch_size: int
 ) -> dict[str, float]:
-    """The run's summary for metrics.json: last logged train window, last validation, throughput."""
+    """The run's summary for metrics.json: last logged train window, the latest value of every validation
+    metric (losses and planning checks need not share the last row), throughput."""
     metrics: dict[str, float] = {"steps": step}
     if history["train"]:
         last = history["train"][-1]
         metrics.update({k.replace("/", "_"): v for k, v in last.items() if k.startswith("train/")})
-    if history["val"]:
-        metrics.update({k.replace("/", "_"): v for k, v in history["val"][-1].items() if k != "step"})
+    for row in history["val"]:
+        metrics.update({k.replace("/", "_"): v for k, v in row.items() if k != "step"})
     steps_run = step - start_step
     metrics["train_seconds"] = seconds
     metrics["clips_per_s"] = steps_run * batch_size / seconds if seconds > 0 else 0.0

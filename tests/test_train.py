@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from lewm.checkpoint import load_model, read_checkpoint
 from lewm.config import DataConfig, load_params
 from lewm.data.generate import generate_dataset
-from lewm.train import StepBatchSampler, learning_rate, train
+from lewm.train import StepBatchSampler, final_metrics, learning_rate, train
 
 
 @pytest.fixture
@@ -55,6 +56,19 @@ def test_ranks_partition_the_global_batch():
              for r in range(2)]
     for step, batch in enumerate(whole):
         assert ranks[0][step] + ranks[1][step] == batch
+
+
+def test_final_metrics_keep_the_latest_value_of_every_validation_metric():
+    """A planning check logged after the validation of the same step must not hide the validation losses."""
+    history = {
+        "train": [{"step": 10, "train/pred_loss": 0.5}],
+        "val": [{"step": 5, "val/pred_loss": 0.9}, {"step": 10, "val/pred_loss": 0.4},
+                {"step": 10, "val/plan_reference.success_rate": 0.2}],
+    }
+    metrics = final_metrics(history, seconds=2.0, step=10, start_step=0, batch_size=4)
+    assert metrics["val_pred_loss"] == 0.4
+    assert metrics["val_plan_reference.success_rate"] == 0.2
+    assert metrics["train_pred_loss"] == 0.5 and metrics["clips_per_s"] == 20.0
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tiny, tiny_data, tmp_path):
@@ -154,5 +168,10 @@ def test_planning_checks_during_training_keep_the_best_checkpoint(tiny, tiny_dat
     assert all(0.0 <= rate <= 1.0 or math.isnan(rate) for rate in rates)
     best = tmp_path / "run" / "checkpoints" / "best.pt"
     assert best.is_file() and read_checkpoint(best)["step"] in (3, 6)
+    # the checks share the validation rows of their steps, and the summary keeps the losses beside them
+    assert [row["step"] for row in read_checkpoint(outcome.checkpoint)["history"]["val"]] == [3, 6]
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for key in ("val_pred_loss", "val_effective_rank", "val_plan_reference.success_rate"):
+        assert key in outcome.metrics and key in written, key
     with pytest.raises(ValueError, match="validation manifest"):
         train(params, "pusht", tiny_data, tmp_path / "other", progress=False)
