@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from lewm.config import EvalConfig, PlanConfig
 from lewm.io import atomic_file
@@ -34,6 +33,7 @@ from lewm.planning import (
     env_attribute,
     run_episode,
 )
+from lewm.progress import progress_bar
 
 PolicyFactory = Callable[[int], Policy]
 """Builds a fresh policy for one episode from that episode's seed."""
@@ -270,8 +270,8 @@ def evaluate(
     starts, goals = start_states(manifest), goal_states(manifest)
     gif_pairs = set(manifest["pair"].iloc[: eval_cfg.gifs]) if gif_dir else set()
     rows = []
-    bar = tqdm(total=len(eval_cfg.eval_seeds) * len(manifest), desc="evaluate", unit="pair",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(eval_cfg.eval_seeds) * len(manifest), desc="evaluate", unit="pair",
+                       enabled=progress)
     for seed_index, eval_seed in enumerate(eval_cfg.eval_seeds):
         for i, pair in enumerate(manifest.itertuples(index=False)):
             bar.update(1)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import signal
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from lewm.config import DataConfig
 from lewm.data.storage import MANIFEST, EpisodeRecord, write_dataset
 from lewm.envs import make_env
 from lewm.policies import make_policy
+from lewm.progress import progress_bar
 
 _EPISODE_STREAM, _SPLIT_STREAM = 0, 1  # independent SeedSequence streams under the dataset seed
 
@@ -124,15 +123,8 @@ def generate_dataset(env_name: str, cfg: DataConfig, target: str | Path, progres
         ]
         workers = min(cfg.workers, cfg.episodes)
         with contextlib.closing(_episodes(env, env_name, env_kwargs, jobs, workers)) as records:
-            bar = tqdm(
-                records,
-                total=len(jobs),
-                desc=f"generate {env_name}",
-                unit="ep",
-                file=sys.stderr,
-                disable=not progress,
-                dynamic_ncols=True,
-            )
+            bar = progress_bar(records, total=len(jobs), desc=f"generate {env_name}", unit="ep",
+                               enabled=progress)
             return write_dataset(target, bar, manifest)
     finally:
         env.close()
