@@ -2,7 +2,8 @@
 
 The file's top-level sections hold the default CPU profile. `profile: <name>` applies the overlay
 `profiles.<name>` on top of them (a nested mapping of only the keys that differ), so the paper-scale
-profile lives in the same file and `dvc exp run -S profile=paper` switches to it.
+profile lives in the same file and `dvc exp run -S profile=paper` switches to it; `profiles.cpu` is
+empty, and `profiles.smoke` is the tiny chain that `make smoke` runs.
 
 Every section becomes a frozen dataclass; unknown or mistyped keys raise `ConfigError` naming the key,
 so a typo in params.yaml fails at start-up instead of silently using a default.
@@ -286,14 +287,12 @@ def resolve_raw(raw: dict[str, Any], overrides: dict[str, Any] | None = None) ->
     """Apply command-line overrides, then the selected profile's overlay, to a raw params mapping."""
     merged = deep_merge(raw, overrides or {})
     profile = merged.get("profile", "cpu")
-    profiles = merged.get("profiles", {}) or {}
-    if profile != "cpu":
-        if profile not in profiles:
-            raise ConfigError(f"profile: unknown profile {profile!r} (known: cpu, {', '.join(profiles)})")
-        merged = deep_merge(merged, profiles[profile])
-        # explicit overrides beat the profile overlay
-        merged = deep_merge(merged, overrides or {})
-    return merged
+    profiles = {"cpu": {}, **(merged.get("profiles") or {})}  # cpu: the top-level sections as they are
+    if profile not in profiles:
+        raise ConfigError(f"profile: unknown profile {profile!r} (known: {', '.join(profiles)})")
+    merged = deep_merge(merged, profiles[profile] or {})
+    # explicit overrides beat the profile overlay
+    return deep_merge(merged, overrides or {})
 
 
 def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> Params:

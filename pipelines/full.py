@@ -1,4 +1,4 @@
-"""The whole pipeline as one Prefect flow: per environment generate → train → (manifest → plan), probe, voe.
+"""The whole pipeline as one Prefect flow: per environment generate → manifest → train → plan, probe, voe.
 
     python -m pipelines.full [--env pusht] [--stages generate,train] [--set key=value]
 
@@ -26,9 +26,9 @@ from prefect.cache_policies import NO_CACHE
 from lewm.config import load_params
 from pipelines._cli import base_parser, run_cli
 
-STAGES = ("generate", "train", "manifest", "plan", "probe", "voe")
-"""Every stage, in an order that respects the dependencies: generate → train → manifest → plan, and
-probe and voe after train."""
+STAGES = ("generate", "manifest", "train", "plan", "probe", "voe")
+"""Every stage, in an order that respects dvc.yaml's dependencies: generate → manifest → train (its
+planning checks read the validation manifest) → plan, probe and voe."""
 
 
 class StageUnavailable(ValueError):

@@ -41,14 +41,31 @@ def test_prefect_settings_keep_prefect_quiet_offline_and_inside_the_project():
 
 def test_pipeline_steps_respect_stage_dependencies():
     steps = full.pipeline_steps(["pusht", "cube"])
-    assert steps[:6] == [(s, "pusht") for s in ("generate", "train", "manifest", "plan", "probe", "voe")]
+    assert steps[:6] == [(s, "pusht") for s in ("generate", "manifest", "train", "plan", "probe", "voe")]
     assert [env for _, env in steps[6:]] == ["cube"] * 6
     order = [stage for stage, _ in steps[:6]]
-    for before, after in [("generate", "train"), ("train", "manifest"), ("manifest", "plan"),
-                          ("train", "probe"), ("train", "voe")]:
+    for before, after in [("generate", "manifest"), ("manifest", "train"), ("train", "plan"),
+                          ("manifest", "plan"), ("train", "probe"), ("train", "voe")]:
         assert order.index(before) < order.index(after)
     # a subset keeps the pipeline's order, whatever order it was given in
     assert full.pipeline_steps(["pusht"], ["plan", "generate"]) == [("generate", "pusht"), ("plan", "pusht")]
+
+
+def test_flow_stage_order_follows_the_dvc_graph():
+    """Every stage whose outputs another stage depends on in dvc.yaml comes before it in the flow."""
+    import yaml
+
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == list(full.STAGES)
+
+    def paths(entries):
+        return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+
+    producer = {path: name for name, stage in stages.items() for path in paths(stage["do"].get("outs", []))}
+    for name, stage in stages.items():
+        for dep in paths(stage["do"].get("deps", [])):
+            if dep in producer:
+                assert full.STAGES.index(producer[dep]) < full.STAGES.index(name), (dep, name)
     with pytest.raises(ValueError, match="unknown stages"):
         full.pipeline_steps(["pusht"], ["generate", "deploy"])
     with pytest.raises(ValueError, match="no environment"):
@@ -71,7 +88,7 @@ def test_full_cli_rejects_unknown_stages_with_one_line():
                             cwd=PROJECT_ROOT, env=clean_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: unknown stages ['deploy'] (known: generate, train, manifest, plan, probe, voe)"]
+        "error: unknown stages ['deploy'] (known: generate, manifest, train, plan, probe, voe)"]
 
 
 def test_full_flow_runs_the_stages_in_order_and_stops_at_a_failure(prefect_harness, monkeypatch):
