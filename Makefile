@@ -1,16 +1,21 @@
-# Entry points. Every target installs first (scripts/setup.sh is idempotent and fast when done).
+# Entry points. Every target installs first (scripts/setup.sh is idempotent and fast when done) and calls
+# the project's .venv by path, so nothing needs to be activated; DVC stage commands use scripts/python.
 VENV := .venv/bin
 export MUJOCO_GL ?= osmesa
 
 ENV ?= pusht
 
-.PHONY: install repro test test-slow bench lint bisect prefect-server serve
+.PHONY: install repro smoke test test-slow bench lint bisect prefect-server serve
 
 install:
 	@bash scripts/setup.sh
 
 repro: install
 	$(VENV)/dvc repro
+
+# The real dvc repro chain on the tiny `smoke` profile, in a scratch copy (committed results untouched).
+smoke: install
+	@bash scripts/smoke.sh
 
 test: install
 	$(VENV)/python -m pytest -m "not slow" -q
@@ -23,7 +28,6 @@ bench: install
 
 lint: install
 	$(VENV)/ruff check .
-	$(VENV)/ruff format --check .
 
 # λ bisection for one environment (ENV=pusht); registers the best model as champion.
 bisect: install
