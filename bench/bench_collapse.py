@@ -19,10 +19,10 @@ from lewm.config import load_params
 from lewm.train import train
 
 SMALL_MODEL = [
-    "model.encoder_depth=2", "model.encoder_dim=64", "model.encoder_heads=4", "model.patch_size=16",
-    "model.projector_hidden=512", "model.predictor_depth=2", "model.predictor_heads=4",
-    "model.predictor_head_dim=32", "model.predictor_mlp_dim=512", "train.batch_size=32",
-    "train.val_batches=4", "train.log_every=25",
+    "model.name=lewm", "model.lewm.encoder_depth=2", "model.lewm.encoder_dim=64",
+    "model.lewm.encoder_heads=4", "model.lewm.patch_size=16", "model.lewm.projector_hidden=512",
+    "model.lewm.predictor_depth=2", "model.lewm.predictor_heads=4", "model.lewm.predictor_head_dim=32",
+    "model.lewm.predictor_mlp_dim=512", "train.batch_size=32", "train.val_batches=4", "train.log_every=25",
 ]
 
 
@@ -33,12 +33,12 @@ def main() -> None:
     args = parser.parse_args()
     if not Path(args.data).is_dir():
         raise SystemExit(f"error: {args.data}: no dataset (run `python -m pipelines.generate --env pusht`)")
-    default_lambda = load_params().train.lambda_
+    default_lambda = load_params(overrides=SMALL_MODEL).model.settings.lambda_
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for lam in (0.0, default_lambda):
             params = load_params(overrides=[
-                *SMALL_MODEL, f"train.lambda={lam}", f"train.max_steps={args.steps}",
+                *SMALL_MODEL, f"model.lewm.lambda={lam}", f"train.max_steps={args.steps}",
                 f"train.val_every={args.steps}", f"train.checkpoint_every={args.steps}",
             ])
             started = time.perf_counter()

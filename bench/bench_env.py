@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lewm.envs.pusht import PushTEnv, angle_difference
-from lewm.policies import make_policy
+from lewm.envs import get_world
+from lewm.envs.pusht.env import PushTEnv, angle_difference
 
 
 def median_rate(run: Callable[[], int], repeats: int) -> float:
@@ -56,7 +56,7 @@ def expert_rollouts(episodes: int, steps: int, noise: float, stats: dict[str, li
         stats[key] = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=episode)
-        policy = make_policy("expert", env, np.random.default_rng(episode), noise)
+        policy = get_world("pusht").make_policy("expert", np.random.default_rng(episode), noise)
         policy.reset(obs)
         first = previous = obs["state"]
         touching, path, turning = 0, 0.0, 0.0

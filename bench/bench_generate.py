@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lewm.config import DataConfig
+from lewm.config import DataConfig, load_params
 from lewm.data.generate import generate_dataset
 
 
@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    base = DataConfig(episodes=args.episodes, max_steps=args.max_steps, image_size=args.image_size)
+    base = dataclasses.replace(load_params().data["pusht"], episodes=args.episodes, max_steps=args.max_steps,
+                               image_size=args.image_size)
     transitions = args.episodes * args.max_steps
     throughput = {}
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as root:

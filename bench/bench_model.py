@@ -1,4 +1,4 @@
-"""Model micro-benchmarks at the CPU profile of params.yaml (runs in well under a minute on 2 cores).
+"""LeWM micro-benchmarks at the CPU profile of params.yaml (runs in well under a minute on 2 cores).
 
 - training step (encode + predict + SIGReg, backward, AdamW step) → seconds/step and clips/s;
 - SIGReg forward+backward at M = 1024 against M = 256 (baseline), and its share of the training step;
@@ -16,8 +16,7 @@ from collections.abc import Callable
 import torch
 
 from lewm.config import load_params
-from lewm.losses import lewm_loss
-from lewm.model import LeWM
+from lewm.models.lewm import LeWM
 from lewm.sigreg import SIGReg
 
 ACTION_DIM = 2  # Push-T
@@ -37,14 +36,17 @@ def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) 
 
 def main() -> None:
     params = load_params()
-    clip, train, plan = params.clip, params.train, params.plan
+    if params.model.name != "lewm":
+        raise SystemExit(f"bench_model measures LeWM; params.yaml has model.name={params.model.name!r}")
+    clip, train, plan, cem = params.clip, params.train, params.plan, params.plan.settings
+    model_cfg = params.model.settings
     image_size = params.data_for(params.envs[0]).image_size
     frames = clip.history + clip.num_preds
     torch.manual_seed(0)
-    model = LeWM(params.model, image_size, ACTION_DIM, clip.frameskip, clip.history)
+    model = LeWM(model_cfg, image_size, ACTION_DIM, clip.frameskip, clip.history)
     sizes = model.num_parameters()
     print(
-        f"profile {params.profile}: {params.model.encoder} encoder, image {image_size}, "
+        f"profile {params.profile}: {model_cfg.encoder} encoder, image {image_size}, "
         f"batch {train.batch_size} × {frames} frames, {torch.get_num_threads()} threads; parameters "
         + ", ".join(f"{k} {v:,}" for k, v in sizes.items())
     )
@@ -55,11 +57,10 @@ def main() -> None:
         ),
         "actions": torch.randn(train.batch_size, frames, clip.frameskip * ACTION_DIM),
     }
-    sigreg = SIGReg(train.sigreg_projections, train.sigreg_knots, train.sigreg_t_max)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
 
     def train_step() -> None:
-        out = lewm_loss(model, batch, sigreg, train.lambda_)
+        out = model(batch)
         optimizer.zero_grad(set_to_none=True)
         out["total"].backward()
         optimizer.step()
@@ -68,10 +69,10 @@ def main() -> None:
     step_s = median_seconds(train_step)
     print(f"train step (fwd+bwd+SIGReg+AdamW): {step_s:.3f} s  → {train.batch_size / step_s:.1f} clips/s")
 
-    embeddings = torch.randn(train.batch_size, frames, params.model.embed_dim, requires_grad=True)
+    embeddings = torch.randn(train.batch_size, frames, model_cfg.embed_dim, requires_grad=True)
 
     def sigreg_seconds(num_projections: int) -> float:
-        module = SIGReg(num_projections, train.sigreg_knots, train.sigreg_t_max)
+        module = SIGReg(num_projections, model_cfg.sigreg_knots, model_cfg.sigreg_t_max)
         return median_seconds(lambda: module(embeddings).backward(), repeats=5)
 
     sigreg_256, sigreg_1024 = sigreg_seconds(256), sigreg_seconds(1024)
@@ -82,17 +83,17 @@ def main() -> None:
     )
 
     model.eval()
-    z0 = torch.randn(1, params.model.embed_dim)
-    plans = torch.randn(plan.samples, plan.horizon, clip.frameskip * ACTION_DIM)
-    context = torch.randn(plan.samples, clip.history, params.model.embed_dim)
+    z0 = torch.randn(1, model_cfg.embed_dim)
+    plans = torch.randn(cem.samples, plan.horizon, clip.frameskip * ACTION_DIM)
+    context = torch.randn(cem.samples, clip.history, model_cfg.embed_dim)
     with torch.inference_mode():
         predict_s = median_seconds(lambda: model.predict(context, plans[:, : clip.history]), repeats=5)
         rollout_s = median_seconds(lambda: model.rollout(z0, plans), repeats=5)
     print(
-        f"rollout {plan.samples} candidates × {plan.horizon} blocks: {rollout_s * 1e3:.1f} ms "
-        f"= {rollout_s / predict_s:.2f}× one predict call on {plan.samples} × {clip.history} tokens "
-        f"({predict_s * 1e3:.1f} ms, baseline); CEM solve of {plan.iterations} iterations ≈ "
-        f"{plan.iterations * rollout_s:.2f} s"
+        f"rollout {cem.samples} candidates × {plan.horizon} blocks: {rollout_s * 1e3:.1f} ms "
+        f"= {rollout_s / predict_s:.2f}× one predict call on {cem.samples} × {clip.history} tokens "
+        f"({predict_s * 1e3:.1f} ms, baseline); CEM solve of {cem.iterations} iterations ≈ "
+        f"{cem.iterations * rollout_s:.2f} s"
     )
 
 

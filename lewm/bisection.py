@@ -21,7 +21,6 @@ in ascending λ, so the search is deterministic whenever `evaluate` is.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -205,12 +204,6 @@ def plot_search(table: Any, path: str | Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ trial cache
-
-
-def trial_key(payload: dict[str, Any]) -> str:
-    """A short stable hash of everything that determines a trial's result."""
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class TrialCache:

@@ -1,30 +1,85 @@
 """Checkpoints: everything needed to resume training exactly, or to rebuild the model for planning and
-analysis. Written atomically, so an interrupted save never corrupts the last good checkpoint."""
+analysis. Written atomically, so an interrupted save never corrupts the last good checkpoint.
+
+A checkpoint records the model's name (`model.name`) and settings in its `ModelMeta`, so `load_model`
+rebuilds the right class whatever params.yaml says today.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+from torch import nn
 
-from lewm.config import ModelConfig, build_section
+from lewm.config import build_section, section_mapping
 from lewm.data.clips import ActionStats
 from lewm.io import atomic_file
-from lewm.model import LeWM
+from lewm.parts import MODELS, part_module
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: typed ModelMeta with the model's name (1: LeWM only)
+
+
+class CheckpointVersionError(ValueError):
+    """The file is a checkpoint of another format version (or none): it cannot be loaded by this code."""
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What, besides weights, rebuilds a world model and plans with it (stored in every checkpoint)."""
+
+    env: str
+    model: str  # `model.name`: the module in lewm/models/
+    settings: dict[str, Any]  # `model.<name>`, as a plain mapping
+    image_size: int
+    action_dim: int
+    frameskip: int
+    history: int
+    action_stats: ActionStats  # raw-action statistics of the train split
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-able mapping (what the checkpoint stores and run fingerprints hash)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**fields, "action_stats": self.action_stats.to_dict()}
+
+    @classmethod
+    def from_dict(cls, mapping: dict[str, Any]) -> ModelMeta:
+        return cls(**{**mapping, "action_stats": ActionStats.from_dict(mapping["action_stats"])})
+
+    def build(self) -> nn.Module:
+        """A freshly initialised model of this architecture (from the global torch RNG)."""
+        module = part_module(MODELS, self.model, "model")
+        settings = build_section(module.Config, self.settings, f"checkpoint.model.{self.model}")
+        return module.Model(settings, self.image_size, self.action_dim, self.frameskip, self.history)
+
+
+def model_meta(env: str, name: str, settings: Any, image_size: int, action_dim: int, frameskip: int,
+               history: int, action_stats: ActionStats) -> ModelMeta:
+    """The meta of model `name` with settings dataclass `settings` (params `model.<name>`)."""
+    return ModelMeta(env, name, section_mapping(settings), image_size, action_dim, frameskip, history,
+                     action_stats)
+
+
+class LoadedModel(NamedTuple):
+    """A trained model (eval mode), its meta and the optimiser step it was saved at."""
+
+    model: nn.Module
+    meta: ModelMeta
+    step: int
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write `state` (see `training_state` in lewm.train) to `path` atomically."""
+    """Write `state` (model weights, `meta` as a ModelMeta, step, ...) to `path` atomically."""
+    meta = state["meta"]
     with atomic_file(path) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+        torch.save({**state, "format_version": FORMAT_VERSION, "meta": meta.to_dict()}, tmp)
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict, with a clear error for a missing or foreign file."""
+    """Load a checkpoint dict (`meta` as a ModelMeta), with a clear error for a missing or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
@@ -33,40 +88,17 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     except Exception as exc:  # torch raises many types for corrupt files
         raise ValueError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: not a LeWM checkpoint (format_version {FORMAT_VERSION} expected)")
-    return state
+        found = state.get("format_version") if isinstance(state, dict) else None
+        raise CheckpointVersionError(f"{path}: not a checkpoint of this version (format_version "
+                                     f"{FORMAT_VERSION} expected, found {found}); retrain with `dvc repro`")
+    return {**state, "meta": ModelMeta.from_dict(state["meta"])}
 
 
-def model_meta(
-    *, env: str, model_cfg: ModelConfig, image_size: int, action_dim: int, frameskip: int, history: int,
-    action_stats: ActionStats,
-) -> dict[str, Any]:
-    """What, besides weights, rebuilds a model and plans with it (stored in every checkpoint)."""
-    return {
-        "env": env,
-        "model_config": dataclasses.asdict(model_cfg),
-        "image_size": image_size,
-        "action_dim": action_dim,
-        "frameskip": frameskip,
-        "history": history,
-        "action_stats": action_stats.to_dict(),
-    }
-
-
-def build_model(meta: dict[str, Any]) -> LeWM:
-    """A freshly initialised LeWM with the architecture described by `meta`."""
-    cfg = build_section(ModelConfig, meta["model_config"], "checkpoint.model_config")
-    return LeWM(cfg, meta["image_size"], meta["action_dim"], meta["frameskip"], meta["history"])
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[LeWM, dict[str, Any]]:
-    """The trained model (eval mode) and its meta; `meta["action_stats"]` is an ActionStats."""
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """The trained model of the checkpoint at `path`, in eval mode on `device`."""
     state = read_checkpoint(path, device)
-    meta = dict(state["meta"])
-    model = build_model(meta).to(device)
+    meta = state["meta"]
+    model = meta.build().to(device)
     model.load_state_dict(state["model"])
     model.eval()
-    meta["action_stats"] = ActionStats.from_dict(meta["action_stats"])
-    meta["step"] = state.get("step")
-    meta["mlflow_run_id"] = state.get("mlflow_run_id")
-    return model, meta
+    return LoadedModel(model, meta, int(state["step"]))

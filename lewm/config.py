@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from lewm.parts import MODELS, SOLVERS, part_module, part_names
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS_PATH = PROJECT_ROOT / "params.yaml"
 
@@ -33,148 +35,131 @@ class ConfigError(ValueError):
 class DataConfig:
     """How one environment's offline dataset is generated and split (by episode)."""
 
-    episodes: int = 300
-    max_steps: int = 100
-    policy: str = "expert"  # expert | random
-    action_noise: float = 0.1  # std of Gaussian noise added to the expert's actions (action units)
-    policy_kwargs: dict[str, float] = field(default_factory=dict)  # e.g. the expert's push/travel speeds
-    image_size: int = 64
-    seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    workers: int = 1  # processes used to generate episodes
+    episodes: int
+    max_steps: int
+    policy: str  # expert | random
+    action_noise: float  # std of Gaussian noise added to the expert's actions (action units)
+    policy_kwargs: dict[str, float]  # e.g. the expert's push/travel speeds
+    image_size: int
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    workers: int  # processes used to generate episodes
 
 
 @dataclass(frozen=True)
 class ClipConfig:
     """Training clips: `history + num_preds` frames, `frameskip` raw steps apart (reference §3)."""
 
-    history: int = 3
-    num_preds: int = 1
-    frameskip: int = 5
+    history: int
+    num_preds: int
+    frameskip: int
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """LeWM architecture (reference §2). Image size and action size come from the dataset."""
+    """The world model: `model.name` picks one (lewm/models/), `model.<name>` holds its settings (its own
+    dataclass, `Config` in the model's module: architecture and training objective)."""
 
-    encoder: str = "vit"  # vit | resnet
-    patch_size: int = 8
-    encoder_dim: int = 192
-    encoder_depth: int = 4
-    encoder_heads: int = 3
-    resnet_name: str = "resnet18"
-    embed_dim: int = 192
-    projector_hidden: int = 2048
-    predictor_depth: int = 6
-    predictor_heads: int = 16
-    predictor_head_dim: int = 64
-    predictor_mlp_dim: int = 2048
-    predictor_dropout: float = 0.1
-    action_smoothed_dim: int = 10
+    name: str
+    settings: Any
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and the two-term loss L = L_pred + λ·SIGReg (reference §4, §5)."""
+    """Optimisation, checkpointing and logging of any world model's training (reference §5)."""
 
-    lambda_: float = 0.09  # `lambda` in params.yaml
-    sigreg_projections: int = 1024
-    sigreg_knots: int = 17
-    sigreg_t_max: float = 3.0
-    batch_size: int = 64
-    lr: float = 5.0e-4
-    weight_decay: float = 1.0e-3
-    epochs: int = 10
-    max_steps: int = 0  # > 0 caps the number of optimiser steps (0: epochs decide)
-    warmup_fraction: float = 0.01
-    grad_clip: float = 1.0
-    seed: int = 3072
-    checkpoint_every: int = 200
-    log_every: int = 10
-    val_every: int = 200
-    val_batches: int = 8
-    plan_eval_every: int = 0  # > 0: planning success on a small val manifest every N steps
-    plan_eval_episodes: int = 10
-    num_workers: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    batch_size: int
+    lr: float
+    weight_decay: float
+    epochs: int
+    max_steps: int  # > 0 caps the number of optimiser steps (0: epochs decide)
+    warmup_fraction: float
+    grad_clip: float
+    seed: int
+    checkpoint_every: int
+    log_every: int
+    val_every: int
+    val_batches: int
+    plan_eval_every: int  # > 0: planning success on a small val manifest every N steps
+    plan_eval_episodes: int
+    num_workers: int
+    device: str  # auto | cpu | cuda | cuda:N
 
 
 @dataclass(frozen=True)
 class PlanConfig:
-    """CEM planner and MPC loop (reference §8)."""
+    """The MPC loop (reference §8): `plan.solver` picks the solver (lewm/solvers/), `plan.<solver>` holds
+    its settings (`Config` in the solver's module)."""
 
-    samples: int = 300
-    elites: int = 30
-    iterations: int = 30
-    horizon: int = 5  # action blocks
-    receding: int = 5  # blocks executed before replanning
-    init_std: float = 1.0
-    warm_start: bool = True
-    seed: int = 42
+    solver: str
+    horizon: int  # action blocks
+    receding: int  # blocks executed before replanning
+    seed: int
+    settings: Any
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Planning evaluation protocol on held-out test episodes (reference §8.3)."""
+    """Planning evaluation protocol on held-out test episodes (reference §8.3). Every success predicate
+    of the world is scored; the world's spec names them."""
 
-    episodes: int = 50
-    goal_offset: int = 25
-    budget: int = 50
-    seed: int = 42
-    eval_seeds: list[int] = field(default_factory=lambda: [0])
-    predicates: list[str] = field(default_factory=lambda: ["reference", "block"])
-    gifs: int = 3
+    episodes: int
+    goal_offset: int
+    budget: int
+    seed: int
+    eval_seeds: list[int]
+    gifs: int
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
     """Linear and MLP probes of frozen embeddings onto physical state (reference §9)."""
 
-    max_frames: int = 6000  # frames embedded per split (evenly subsampled)
-    ridge_alpha: float = 1.0
-    mlp_hidden: int = 256
-    mlp_epochs: int = 300
-    mlp_lr: float = 1.0e-3
-    seed: int = 0
+    max_frames: int  # frames embedded per split (evenly subsampled)
+    ridge_alpha: float
+    mlp_hidden: int
+    mlp_epochs: int
+    mlp_lr: float
+    seed: int
 
 
 @dataclass(frozen=True)
 class VoEConfig:
     """Violation-of-expectation trajectories: unperturbed, colour change, teleport (reference §10)."""
 
-    episodes: int = 24
-    steps: int = 60
-    perturb_step: int = 30
-    window: int = 10  # steps shown either side of the perturbation
-    policy: str = "expert"
-    action_noise: float = 0.2
-    color: list[int] = field(default_factory=lambda: [220, 60, 60])
-    seed: int = 7
+    episodes: int
+    steps: int
+    perturb_step: int
+    window: int  # steps shown either side of the perturbation
+    policy: str
+    action_noise: float
+    color: list[int]
+    seed: int
 
 
 @dataclass(frozen=True)
 class BisectConfig:
     """λ search by bisection on log scale (reference §13), criterion on the validation manifest."""
 
-    lambda_lo: float = 0.001
-    lambda_hi: float = 1.0
-    trials: int = 5
-    train_steps: int = 300
-    val_episodes: int = 20
-    min_effective_rank_fraction: float = 0.01  # below this a trial counts as collapsed (failure)
-    min_emb_std: float = 0.05  # so does a mean per-dimension embedding std below this (rank is scale-free)
-    parallel: int = 1
-    seed: int = 0
+    lambda_lo: float
+    lambda_hi: float
+    trials: int
+    train_steps: int
+    val_episodes: int
+    min_effective_rank_fraction: float  # below this a trial counts as collapsed (failure)
+    min_emb_std: float  # so does a mean per-dimension embedding std below this (rank is scale-free)
+    parallel: int
+    seed: int
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
     """Where MLflow writes. An empty URI means the project's own SQLite file (mlflow.db)."""
 
-    tracking_uri: str = ""
-    experiment: str = "lewm"
-    registered_model: str = "lewm-{env}"
+    tracking_uri: str
+    experiment: str
+    registered_model: str
 
 
 @dataclass(frozen=True)
@@ -234,20 +219,47 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def build_section(cls: type, mapping: dict[str, Any] | None, where: str) -> Any:
-    """Build dataclass `cls` from `mapping`, rejecting unknown keys and wrong types."""
+def build_section(cls: type, mapping: dict[str, Any] | None, where: str, **given: Any) -> Any:
+    """Build dataclass `cls` from `mapping` (plus fields `given` already built), rejecting unknown and
+    missing keys and wrong types: params.yaml sets every parameter, the dataclasses hold no defaults."""
     mapping = dict(mapping or {})
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
+    names = {f.name for f in dataclasses.fields(cls)} - set(given)
+    display = {v: k for k, v in _RENAMED_KEYS.items()}
+    kwargs = dict(given)
     for key, value in mapping.items():
         name = _RENAMED_KEYS.get(key, key)
         if name not in names:
-            display = {v: k for k, v in _RENAMED_KEYS.items()}
             known = ", ".join(sorted(display.get(k, k) for k in names))
             raise ConfigError(f"{where}.{key}: unknown parameter (known: {known})")
         kwargs[name] = _check_type(value, hints[name], f"{where}.{key}")
+    missing = sorted(display.get(name, name) for name in names - set(kwargs))
+    if missing:
+        raise ConfigError(f"{where}: missing parameters {', '.join(missing)} (params.yaml sets every one)")
     return cls(**kwargs)
+
+
+def section_mapping(section: Any) -> dict[str, Any]:
+    """A section dataclass as its params.yaml mapping (the inverse of `build_section`)."""
+    display = {v: k for k, v in _RENAMED_KEYS.items()}
+    return {display.get(k, k): v for k, v in dataclasses.asdict(section).items()}
+
+
+def build_choice(cls: type, mapping: dict[str, Any] | None, where: str, key: str, package: str) -> Any:
+    """Build `cls` for a swappable part of `package` (lewm/parts.py): `mapping[key]` names the part,
+    `mapping[<name>]` holds its settings, built as the part module's own `Config` dataclass. Other parts'
+    sections are checked too, so a typo there also fails at start-up."""
+    mapping = dict(mapping or {})
+    name = mapping.pop(key, None)
+    known = part_names(package)
+    if name not in known:
+        raise ConfigError(f"{where}.{key}: unknown {key} {name!r} (known: {', '.join(known)})")
+    sections = {part: mapping.pop(part) for part in known if part in mapping}
+    if name not in sections:
+        raise ConfigError(f"{where}.{name}: no settings for the chosen {key} {name!r}")
+    built = {part: build_section(part_module(package, part, key).Config, section, f"{where}.{part}")
+             for part, section in sections.items()}
+    return build_section(cls, mapping, where, **{key: name, "settings": built[name]})
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -305,7 +317,7 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
     merged = resolve_raw(raw, parse_overrides(overrides or []))
-    envs = _check_type(merged.get("envs", ["pusht"]), list[str], "envs")
+    envs = _check_type(merged.get("envs"), list[str], "envs")
     data = {
         name: build_section(DataConfig, section, f"data.{name}")
         for name, section in (merged.get("data") or {}).items()
@@ -315,9 +327,9 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         envs=envs,
         data=data,
         clip=build_section(ClipConfig, merged.get("clip"), "clip"),
-        model=build_section(ModelConfig, merged.get("model"), "model"),
+        model=build_choice(ModelConfig, merged.get("model"), "model", "name", MODELS),
         train=build_section(TrainConfig, merged.get("train"), "train"),
-        plan=build_section(PlanConfig, merged.get("plan"), "plan"),
+        plan=build_choice(PlanConfig, merged.get("plan"), "plan", "solver", SOLVERS),
         eval=build_section(EvalConfig, merged.get("eval"), "eval"),
         probe=build_section(ProbeConfig, merged.get("probe"), "probe"),
         voe=build_section(VoEConfig, merged.get("voe"), "voe"),

@@ -4,10 +4,12 @@
   uniformly without replacement over every valid (episode, step) row with a seeded rng; the goal is the
   same episode `goal_offset` steps later. The manifest is a file, so every method and every checkpoint is
   scored on exactly the same pairs, and `check_manifest` refuses a manifest that does not match the dataset.
-- Every method (the planner and the `random` / `zero` floor baselines) runs the same pairs under each
-  evaluation seed. Evaluation seeds vary only the policies' randomness (CEM sampling, random actions):
-  policy seed = f(base seed, eval seed, pair), so an episode's result does not depend on which other
-  episodes ran, or in which order.
+- Every method (the planner, named after its world model, and the `random` / `zero` floor baselines) runs
+  the same pairs under each evaluation seed. Evaluation seeds vary only the agents' randomness (solver
+  sampling, random actions): agent seed = f(base seed, eval seed, pair), so an episode's result does not
+  depend on which other episodes ran, or in which order.
+- Every success predicate of the world is scored, and the world's final errors (how far from the goal an
+  episode ended) are reported beside the rates.
 - `summarize` excludes, per predicate, starts that already satisfy it (reporting how many), gives a Wilson
   95% interval instead of a bare rate, the mean ± std of the per-seed rate across evaluation seeds, and
   planning time per solve (median, p90). Rates are fractions in [0, 1].
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,25 +25,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lewm.config import EvalConfig, PlanConfig
+from lewm.checkpoint import ModelMeta
+from lewm.config import EvalConfig, Params, PlanConfig
+from lewm.envs import get_world
 from lewm.io import atomic_file
-from lewm.planning import (
-    EpisodeResult,
-    LatentMPCPolicy,
-    Policy,
-    RandomPolicy,
-    ZeroPolicy,
-    env_attribute,
-    run_episode,
-)
+from lewm.planning import BASELINES, AgentFactory, EpisodeResult, LatentMPCAgent, baseline_agents, run_episode
 from lewm.progress import progress_bar
-
-PolicyFactory = Callable[[int], Policy]
-"""Builds a fresh policy for one episode from that episode's seed."""
+from lewm.world import World
 
 START, GOAL = "start_state_", "goal_state_"
+FINAL = "final_"
 PAIR_COLUMNS = ("pair", "split", "episode", "start_step", "goal_step", "start_row", "goal_row")
-BASELINES = ("random", "zero")
 
 
 # ---------------------------------------------------------------------------------------------- manifest
@@ -182,8 +177,8 @@ def episode_seed(base_seed: int, eval_seed: int, pair: int) -> int:
 
 
 def summarize(df: pd.DataFrame) -> dict[str, float]:
-    """Flat metrics (`<method>.<predicate>.success_rate`, `<method>.plan_time_median_s`, ...) from the
-    per-episode table of `evaluate`.
+    """Flat metrics (`<method>.<predicate>.success_rate`, `<method>.final_<error>_mean`,
+    `<method>.plan_time_median_s`, ...) from the per-episode table of `evaluate`.
 
     Per method × predicate, over episodes whose start did NOT already satisfy the predicate (`excluded`
     counts the others): `n`, `successes`, `success_rate`, Wilson 95% `ci_low`/`ci_high` (all evaluation
@@ -198,8 +193,8 @@ def summarize(df: pd.DataFrame) -> dict[str, float]:
         for predicate in predicates:
             for key, value in _predicate_metrics(rows, predicate).items():
                 metrics[f"{method}.{predicate}.{key}"] = value
-        metrics[f"{method}.final_block_pos_error_mean"] = float(rows["final_block_pos_error"].mean())
-        metrics[f"{method}.final_block_angle_error_mean"] = float(rows["final_block_angle_error"].mean())
+        for column in (c for c in df.columns if c.startswith(FINAL)):
+            metrics[f"{method}.{column}_mean"] = float(rows[column].mean())
         solve_times = _concat(rows["plan_times_s"])
         if len(solve_times):
             metrics.update({f"{method}.{k}": v for k, v in _time_metrics(solve_times).items()})
@@ -248,25 +243,23 @@ def evaluate(
     manifest: pd.DataFrame,
     store: Any,
     env: Any,
-    policies: Mapping[str, PolicyFactory],
+    agents: Mapping[str, AgentFactory],
     eval_cfg: EvalConfig,
     base_seed: int = 0,
     gif_dir: str | Path | None = None,
     progress: bool = False,
+    world: World | None = None,
 ) -> pd.DataFrame:
     """Run every method on every pair under every evaluation seed; one row per (eval seed, pair, method).
 
-    `policies` maps method names to factories called with the episode's seed (`episode_seed(base_seed,
-    eval_seed, pair)`). With `gif_dir`, the first `eval_cfg.gifs` pairs of the first evaluation seed are
-    written as `<method>_pair<id>.gif`.
+    `agents` maps method names to factories called with the episode's seed (`episode_seed(base_seed,
+    eval_seed, pair)`). `world` (default: the dataset's) gives the predicates and final errors. With
+    `gif_dir`, the first `eval_cfg.gifs` pairs of the first evaluation seed are written as
+    `<method>_pair<id>.gif`.
     """
     check_manifest(manifest, store)
-    predicates = list(eval_cfg.predicates)
-    known = tuple(env_attribute(env, "PREDICATES"))
-    unknown = [p for p in predicates if p not in known]
-    if unknown:
-        raise ValueError(f"eval.predicates: unknown {unknown} (known: {', '.join(known)})")
-    block_errors = env_attribute(env, "block_errors")
+    world = world or get_world(store.manifest["env"])
+    predicates = list(world.predicates)
     starts, goals = start_states(manifest), goal_states(manifest)
     gif_pairs = set(manifest["pair"].iloc[: eval_cfg.gifs]) if gif_dir else set()
     rows = []
@@ -277,24 +270,23 @@ def evaluate(
             bar.update(1)
             goal_pixels = np.asarray(store.frames[pair.goal_row])
             record = seed_index == 0 and pair.pair in gif_pairs
-            for method, make_policy in policies.items():
-                policy = make_policy(episode_seed(base_seed, eval_seed, pair.pair))
-                result = run_episode(env, policy, starts[i], goals[i], goal_pixels, eval_cfg.budget,
-                                     predicates, record_frames=record)
+            for method, make_agent in agents.items():
+                agent = make_agent(episode_seed(base_seed, eval_seed, pair.pair))
+                result = run_episode(env, agent, starts[i], goals[i], goal_pixels, eval_cfg.budget,
+                                     predicates, world.success, record_frames=record)
                 if record:
                     write_episode_gif(result.frames, goal_pixels,
                                       Path(gif_dir) / f"{method}_pair{pair.pair:03d}.gif")
                 rows.append({"eval_seed": eval_seed, "pair": pair.pair, "episode": pair.episode,
                              "start_step": pair.start_step, "goal_step": pair.goal_step, "method": method,
-                             **episode_columns(result, goals[i], predicates, block_errors)})
+                             **episode_columns(result, goals[i], predicates, world.final_errors)})
     bar.close()
     return pd.DataFrame(rows)
 
 
 def episode_columns(result: EpisodeResult, goal_state: np.ndarray, predicates: Sequence[str],
-                    block_errors: Callable[[np.ndarray, np.ndarray], tuple[float, float]]) -> dict[str, Any]:
+                    final_errors: Callable[[np.ndarray, np.ndarray], dict[str, float]]) -> dict[str, Any]:
     """The per-episode columns of the evaluation table for one `run_episode` result."""
-    position_error, angle_error = block_errors(result.final_state, goal_state)
     times = result.solve_times
     columns: dict[str, Any] = {
         "steps": result.steps,
@@ -302,8 +294,7 @@ def episode_columns(result: EpisodeResult, goal_state: np.ndarray, predicates: S
         "plan_time_mean_s": float(np.mean(times)) if times else float("nan"),
         "plan_time_max_s": max(times, default=float("nan")),
         "plan_times_s": [float(t) for t in times],
-        "final_block_pos_error": float(position_error),
-        "final_block_angle_error": float(abs(angle_error)),
+        **{FINAL + name: value for name, value in final_errors(result.final_state, goal_state).items()},
     }
     for predicate in predicates:
         first = result.first_success[predicate]
@@ -313,28 +304,14 @@ def episode_columns(result: EpisodeResult, goal_state: np.ndarray, predicates: S
     return columns
 
 
-def baseline_policies(action_dim: int, names: Iterable[str] = BASELINES) -> dict[str, PolicyFactory]:
-    """Factories of the floor baselines: `random` (uniform in [−1, 1]) and `zero` (stay)."""
-    factories: dict[str, PolicyFactory] = {
-        "random": lambda seed: RandomPolicy(action_dim, seed),
-        "zero": lambda seed: ZeroPolicy(action_dim),
-    }
-    unknown = [n for n in names if n not in factories]
-    if unknown:
-        raise ValueError(f"unknown baselines {unknown} (known: {', '.join(factories)})")
-    return {name: factories[name] for name in names}
-
-
 def make_eval_env(store: Any) -> Any:
     """The environment the dataset was recorded in, with the same settings (rendering included)."""
-    from lewm.envs import make_env
-
-    return make_env(store.manifest["env"], **store.manifest.get("env_kwargs", {}))
+    return get_world(store.manifest["env"]).make_env(**store.manifest.get("env_kwargs", {}))
 
 
 def evaluate_model(
     model: Any,
-    meta: dict[str, Any],
+    meta: ModelMeta,
     manifest: pd.DataFrame,
     store: Any,
     plan_cfg: PlanConfig,
@@ -345,27 +322,55 @@ def evaluate_model(
     env: Any = None,
     progress: bool = False,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Evaluate LeWM + CEM (method `lewm`) and the baselines on the manifest: `(rows, summary)`.
+    """Evaluate the world model + solver (method `meta.model`, e.g. `lewm`) and the baselines on the
+    manifest: `(rows, summary)`.
 
     `episodes` keeps the first pairs only (a uniform subset, for checkpoint selection inside a training
     loop). The model is put in eval mode for the duration and restored afterwards.
     """
-    if meta["env"] != store.manifest["env"] or meta["image_size"] != store.manifest["image_size"]:
-        raise ValueError(f"model trained on {meta['env']} at {meta['image_size']} px, dataset is "
+    if meta.env != store.manifest["env"] or meta.image_size != store.manifest["image_size"]:
+        raise ValueError(f"model trained on {meta.env} at {meta.image_size} px, dataset is "
                          f"{store.manifest['env']} at {store.manifest['image_size']} px")
     subset = manifest if episodes is None else manifest.iloc[:episodes]
-    policies: dict[str, PolicyFactory] = {
-        "lewm": lambda seed: LatentMPCPolicy(model, meta, plan_cfg, seed),
-        **baseline_policies(int(meta["action_dim"]), baselines),
+    agents: dict[str, AgentFactory] = {
+        meta.model: lambda seed: LatentMPCAgent(model, meta, plan_cfg, seed),
+        **baseline_agents(meta.action_dim, baselines),
     }
     was_training = model.training
     model.eval()
     try:
-        rows = evaluate(subset, store, env if env is not None else make_eval_env(store), policies,
+        rows = evaluate(subset, store, env if env is not None else make_eval_env(store), agents,
                         eval_cfg, base_seed=plan_cfg.seed, gif_dir=gif_dir, progress=progress)
     finally:
         model.train(was_training)
     return rows, summarize(rows)
+
+
+class PlanningCheck:
+    """Planning success of the model on the first `train.plan_eval_episodes` validation pairs: the
+    checkpoint selector of training (lewm.train.CheckpointSelector), by the world's headline predicate."""
+
+    def __init__(self, params: Params, store: Any, manifest: pd.DataFrame) -> None:
+        self.params, self.store, self.manifest = params, store, manifest
+        self.headline = get_world(store.manifest["env"]).headline
+        self.best = -1.0
+
+    def __call__(self, model: Any, meta: ModelMeta) -> dict[str, float]:
+        _, summary = evaluate_model(
+            model, meta, self.manifest, self.store, self.params.plan, self.params.eval,
+            episodes=self.params.train.plan_eval_episodes, baselines=(),
+        )
+        prefix = f"{meta.model}."
+        return {f"val/plan_{k.removeprefix(prefix)}": v for k, v in summary.items()
+                if k.startswith(prefix) and k.endswith("success_rate")}
+
+    def is_best(self, metrics: dict[str, float]) -> bool:
+        """True when the headline predicate's success rate beats every earlier check."""
+        rate = metrics.get(f"val/plan_{self.headline}.success_rate", float("nan"))
+        if math.isfinite(rate) and rate > self.best:
+            self.best = rate
+            return True
+        return False
 
 
 # ---------------------------------------------------------------------------------------------------- GIFs

@@ -4,13 +4,10 @@ A probe maps one frozen embedding to one physical quantity of the frame's simula
 on frames of TRAIN episodes and scored on held-out TEST episodes, for the trained encoder and for a
 randomly initialised encoder of the same architecture (the control a probe score is read against).
 
-Quantities are derived from the dataset's `state_names` by one rule, so any environment works:
-- a name ending in `angle` (e.g. `block_angle`) is its own quantity with targets (sin θ, cos θ): a raw
-  wrapped angle jumps from 2π to 0, which no regression can follow;
-- names `<p>_x`, `<p>_y` [, `<p>_z`] form the position quantity `<p>_xy` [`<p>_xyz`];
-- names `<p>_vx`, `<p>_vy` [, `<p>_vz`] form the velocity quantity `<p>_velocity`;
-- any other name is a scalar quantity of its own.
-Push-T gives `agent_xy`, `block_xy`, `block_angle` and `agent_velocity`.
+Quantities are the world's probe targets (`World.probe_targets`): by default derived from its state
+names by one rule (`physical_quantities` in lewm/world.py), angles probed as (sin θ, cos θ). Push-T gives
+`agent_xy`, `block_xy`, `block_angle` and `agent_velocity`. Embeddings are flattened per frame, so a model
+with patch tokens is probed on all of its tokens.
 
 Targets are standardised with TRAIN statistics, and probes read TRAIN-standardised embeddings. The linear
 probe is closed-form ridge regression; the MLP probe has one hidden ReLU layer, is trained with Adam on
@@ -21,10 +18,8 @@ frames (never the test frames). Scores on the test frames: MSE on standardised t
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -32,13 +27,15 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lewm.checkpoint import build_model
+from lewm.checkpoint import ModelMeta
 from lewm.config import ProbeConfig
+from lewm.data.clips import strided_trajectories
 from lewm.data.storage import EpisodeStore
 from lewm.diagnostics import straightness
-from lewm.model import LeWM
+from lewm.envs import get_world
+from lewm.models import WorldModel
 from lewm.plots import save_figure
-from lewm.train import validation_trajectories
+from lewm.world import Quantity
 
 ENCODERS = ("trained", "random")
 PROBES = ("linear", "mlp")
@@ -48,59 +45,6 @@ MLP_BATCH = 256
 MLP_VALIDATION_FRACTION = 0.1  # slice of the train frames that selects the MLP's best epoch
 MLP_PATIENCE = 30  # epochs without improvement on that slice before training stops
 STD_FLOOR = 1e-8
-
-_AXIS_NAME = re.compile(r"^(?P<prefix>.+)_(?P<velocity>v?)(?P<axis>[xyz])$")
-
-
-@dataclass(frozen=True)
-class Quantity:
-    """A probed physical quantity: state columns, read as (sin, cos) pairs when `is_angle`."""
-
-    name: str
-    columns: tuple[int, ...]
-    is_angle: bool = False
-
-    @property
-    def dims(self) -> int:
-        return 2 * len(self.columns) if self.is_angle else len(self.columns)
-
-    def values(self, states: np.ndarray) -> np.ndarray:
-        """Targets (N, dims) of this quantity from states (N, S)."""
-        selected = np.asarray(states, dtype=np.float64)[:, list(self.columns)]
-        if self.is_angle:
-            return np.concatenate([np.sin(selected), np.cos(selected)], axis=1)
-        return selected
-
-
-def physical_quantities(state_names: list[str] | tuple[str, ...]) -> list[Quantity]:
-    """The quantities derived from `state_names` by the rule in the module docstring, in state order."""
-    angles: list[Quantity] = []
-    groups: dict[tuple[str, str], list[int]] = {}  # (prefix, kind) → columns
-    for column, name in enumerate(state_names):
-        if name.endswith("angle"):
-            angles.append(Quantity(name, (column,), is_angle=True))
-            continue
-        match = _AXIS_NAME.match(name)
-        if match is None:
-            groups.setdefault((name, "scalar"), []).append(column)
-        else:
-            kind = "velocity" if match["velocity"] else "position"
-            groups.setdefault((match["prefix"], kind), []).append(column)
-    grouped = [
-        Quantity(_quantity_name(prefix, kind, [state_names[c] for c in columns]), tuple(columns))
-        for (prefix, kind), columns in groups.items()
-    ]
-    return sorted([*grouped, *angles], key=lambda q: q.columns[0])
-
-
-def _quantity_name(prefix: str, kind: str, names: list[str]) -> str:
-    """`agent` + agent_x, agent_y → `agent_xy`; `agent` + agent_vx, agent_vy → `agent_velocity`."""
-    if kind == "scalar":
-        return prefix
-    if kind == "velocity":
-        return f"{prefix}_velocity"
-    return f"{prefix}_" + "".join(name[-1] for name in names)
-
 
 @dataclass(frozen=True)
 class Standardizer:
@@ -212,7 +156,7 @@ def split_rows(store: EpisodeStore, split: str, max_frames: int) -> np.ndarray:
 
 
 def embed_frames(
-    model: LeWM,
+    model: WorldModel,
     frames: np.ndarray | torch.Tensor,
     device: str | torch.device = "cpu",
     rows: np.ndarray | None = None,
@@ -228,15 +172,15 @@ def embed_frames(
             batch = frames[index[start : start + EMBED_BATCH]]
             if not torch.is_tensor(batch):
                 batch = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
-            chunks.append(model.encode(batch.to(device)).float().cpu())
+            chunks.append(model.encode(batch.to(device)).float().flatten(1).cpu())
     return torch.cat(chunks).numpy()
 
 
-def random_init_model(meta: dict[str, Any], seed: int) -> LeWM:
+def random_init_model(meta: ModelMeta, seed: int) -> WorldModel:
     """The checkpoint's architecture, freshly initialised from `seed` (global RNG state is left as it was)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(meta).eval()
+        return meta.build().eval()
 
 
 def probe_scores(
@@ -244,7 +188,7 @@ def probe_scores(
     train_states: np.ndarray,
     test_z: np.ndarray,
     test_states: np.ndarray,
-    quantities: list[Quantity],
+    quantities: tuple[Quantity, ...],
     cfg: ProbeConfig,
     device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
@@ -278,7 +222,7 @@ def probe_scores(
 
 
 def encoder_straightness(
-    model: LeWM, trajectories: torch.Tensor, device: str | torch.device = "cpu"
+    model: WorldModel, trajectories: torch.Tensor, device: str | torch.device = "cpu"
 ) -> float:
     """Latent straightness (reference §11) of uint8 trajectories (E, T, 3, H, W) under `model`'s encoder."""
     episodes, steps = trajectories.shape[:2]
@@ -295,8 +239,8 @@ class ProbeResult:
 
 
 def run_probing(
-    model: LeWM,
-    meta: dict[str, Any],
+    model: WorldModel,
+    meta: ModelMeta,
     store: EpisodeStore,
     cfg: ProbeConfig,
     device: str | torch.device = "cpu",
@@ -305,8 +249,8 @@ def run_probing(
     and measure both encoders' latent straightness on test trajectories (frames `frameskip` steps apart)."""
     train_rows = split_rows(store, "train", cfg.max_frames)
     test_rows = split_rows(store, "test", cfg.max_frames)
-    quantities = physical_quantities(store.state_names)
-    trajectories = validation_trajectories(store, meta["frameskip"], STRAIGHTNESS_EPISODES, split="test")
+    quantities = get_world(meta.env).probe_targets
+    trajectories = strided_trajectories(store, meta.frameskip, STRAIGHTNESS_EPISODES, split="test")
     encoders = {"trained": model.to(device), "random": random_init_model(meta, cfg.seed).to(device)}
     tables, metrics = [], {}
     for name, encoder in encoders.items():

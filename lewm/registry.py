@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lewm.config import TrackingConfig, load_params
+from lewm.config import TrackingConfig
 from lewm.tracking import tracking_uri
 
 CHAMPION = "champion"
@@ -70,11 +70,11 @@ def set_champion(name: str, version: str) -> None:
 
 
 def use_store(cfg: TrackingConfig | None = None) -> str:
-    """Point MLflow at the project's tracking store (`MLFLOW_TRACKING_URI`, else `cfg` or params.yaml's
-    `tracking`, else the project's mlflow.db), so look-ups work from any directory; returns the URI."""
+    """Point MLflow at the project's tracking store (`MLFLOW_TRACKING_URI`, else `cfg.tracking_uri`, else
+    the project's mlflow.db), so look-ups work from any directory; returns the URI."""
     import mlflow
 
-    uri = tracking_uri(cfg or load_params().tracking)
+    uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -88,7 +88,7 @@ def champion_version(name: str, cfg: TrackingConfig | None = None) -> Any:
 
 
 def load_champion(name: str, cfg: TrackingConfig | None = None) -> Any:
-    """The champion model of `name`: a `LeWM` in eval mode, on the CPU."""
+    """The champion model of `name`: the world model (e.g. a `LeWM`) in eval mode, on the CPU."""
     import mlflow.pytorch
 
     use_store(cfg)

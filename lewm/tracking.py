@@ -8,9 +8,11 @@ which is how the scale-out stack in docker/ points runs at a real server.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +31,12 @@ def project_db_root() -> Path:
     return Path(override).resolve() if override else PROJECT_ROOT
 
 
-def tracking_uri(cfg: TrackingConfig) -> str:
-    """`MLFLOW_TRACKING_URI` if set, else the params value, else the project's SQLite file."""
+def tracking_uri(cfg: TrackingConfig | None) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else the params value (`cfg`, if given), else the project's SQLite
+    file."""
     return (
         os.environ.get("MLFLOW_TRACKING_URI")
-        or cfg.tracking_uri
+        or (cfg.tracking_uri if cfg is not None else "")
         or f"sqlite:///{project_db_root() / 'mlflow.db'}"
     )
 
@@ -85,6 +88,60 @@ def log_table(df: Any, artifact_file: str) -> None:
         df.to_parquet(path, index=False)
         parent = str(Path(artifact_file).parent)
         mlflow.log_artifact(str(path), artifact_path=None if parent == "." else parent)
+
+
+def create_run(cfg: TrackingConfig, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
+    """A new run in the experiment, created but not made active (trials may log from other threads or
+    processes); returns its id."""
+    configure(cfg)
+    import mlflow
+    from mlflow.entities import Param
+
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment.experiment_id, run_name=run_name, tags=dict(tags))
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in flatten(params).items()])
+    return run.info.run_id
+
+
+def log_to_run(run_id: str, metrics: Mapping[str, float], artifacts: Iterable[Path] = (),
+               artifact_path: str | None = None, step: int = 0) -> None:
+    """Log `metrics` (non-finite values left out) and `artifacts` to the existing run `run_id` without
+    making it active, so any thread or process may call it."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()
+                                      if isinstance(value, int | float) and math.isfinite(value)])
+    for path in artifacts:
+        client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
+def append_to_run(
+    cfg: TrackingConfig, run_id: str, prefix: str, metrics: Mapping[str, float], artifacts: Iterable[Path],
+    step: int | None = None,
+) -> None:
+    """Append `metrics` (as `<prefix>/<key>`) and `artifacts` (under `<prefix>/`) to run `run_id`, e.g. a
+    stage's results to the run that trained the model."""
+    configure(cfg)
+    log_to_run(run_id, {f"{prefix}/{key}": value for key, value in metrics.items()}, artifacts, prefix,
+               step or 0)
+
+
+def set_run_tag(run_id: str, key: str, value: str) -> None:
+    """Tag the existing run `run_id`."""
+    import mlflow
+
+    mlflow.MlflowClient().set_tag(run_id, key, value)
+
+
+def end_run(run_id: str, status: str) -> None:
+    """Mark the run created by `create_run` as ended with `status` (FINISHED or FAILED)."""
+    import mlflow
+
+    mlflow.MlflowClient().set_terminated(run_id, status)
 
 
 def read_run_id(run_file: str | Path) -> str:

@@ -1,10 +1,15 @@
-"""The LeWM training loop: plain PyTorch, readable top to bottom (reference §5).
+"""Training any world model: plain PyTorch, readable top to bottom (reference §5).
 
-AdamW, linear warm-up then cosine decay stepped every optimiser step, gradient clipping, bf16 autocast on
-GPU (fp32 on CPU), checkpoints every N steps, and exact resumption: the batch order is a pure function of
-(seed, step) and every random state is checkpointed, so an interrupted run that resumes ends with the same
-weights as an uninterrupted one. Under `torchrun` it runs DDP: each rank takes its slice of the global
-batch, BatchNorm is synchronised and SIGReg reduces its statistics across ranks.
+The model owns its objective (`WorldModel.__call__(batch)` returns the loss terms, lewm/models/); this loop
+owns everything else: AdamW, linear warm-up then cosine decay stepped every optimiser step, gradient
+clipping, bf16 autocast on GPU (fp32 on CPU), validation and collapse diagnostics, checkpoints every N
+steps, and exact resumption: the batch order is a pure function of (seed, step) and every random state is
+checkpointed, so an interrupted run that resumes ends with the same weights as an uninterrupted one. Under
+`torchrun` it runs DDP: each rank takes its slice of the global batch, BatchNorm is synchronised and
+SIGReg reduces its statistics across ranks.
+
+Checkpoint selection during training (e.g. by planning success) is a `CheckpointSelector` passed in by
+the caller, so training does not depend on planning or evaluation code.
 """
 
 from __future__ import annotations
@@ -13,33 +18,29 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from lewm.checkpoint import build_model, model_meta, read_checkpoint, save_checkpoint
-from lewm.config import Params, TrainConfig
-from lewm.data.clips import ActionStats, ClipDataset
+from lewm.checkpoint import CheckpointVersionError, ModelMeta, model_meta, read_checkpoint, save_checkpoint
+from lewm.config import Params, TrainConfig, section_mapping
+from lewm.data.clips import ActionStats, ClipDataset, strided_trajectories
 from lewm.data.storage import EpisodeStore
 from lewm.diagnostics import embedding_stats, straightness
-from lewm.evaluation import evaluate_model, read_manifest
 from lewm.io import write_json
-from lewm.losses import lewm_loss
 from lewm.progress import progress_bar
-from lewm.sigreg import SIGReg
+from lewm.runtime import init_distributed, resolve_device, seed_everything
 
 # Train params that change how a run is executed or logged, not what it computes.
 _EXECUTION_ONLY_KEYS = ("checkpoint_every", "log_every", "val_every", "num_workers", "device")
+LOSS_TERMS = ("pred", "sigreg", "total")
 
 
 @dataclass
@@ -52,24 +53,18 @@ class TrainOutcome:
     run_id: str | None
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` → the local CUDA device if there is one, else CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            local_rank = int(os.environ.get("LOCAL_RANK", 0))
-            return torch.device("cuda", local_rank)
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but no CUDA device is available")
-    return device
+class CheckpointSelector(Protocol):
+    """Scores the model every `train.plan_eval_every` steps; the best-scoring state is kept as
+    checkpoints/best.pt (lewm.evaluation.PlanningCheck scores by planning success)."""
+
+    def __call__(self, model: nn.Module, meta: ModelMeta) -> dict[str, float]:
+        """Metrics of `model` (described by `meta`), logged as validation metrics."""
+
+    def is_best(self, metrics: dict[str, float]) -> bool:
+        """True when `metrics` beat every earlier call's."""
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+# ------------------------------------------------------------------------------------ schedule and order
 
 
 def learning_rate(step: int, total_steps: int, base_lr: float, warmup_fraction: float) -> float:
@@ -114,25 +109,7 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
             yield batch[self.rank * per_rank : (self.rank + 1) * per_rank].tolist()
 
 
-class LossModule(nn.Module):
-    """Model + SIGReg behind one `forward`, so DDP sees a single forward per step."""
-
-    def __init__(self, model: nn.Module, sigreg: SIGReg, lambda_: float) -> None:
-        super().__init__()
-        self.model, self.sigreg, self.lambda_ = model, sigreg, lambda_
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return lewm_loss(self.model, batch, self.sigreg, self.lambda_)
-
-
-def init_distributed() -> tuple[int, int]:
-    """Initialise torch.distributed when launched by torchrun; return (rank, world_size)."""
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+# ------------------------------------------------------------------------------- what determines a run
 
 
 def result_train_params(cfg: TrainConfig) -> dict[str, Any]:
@@ -140,95 +117,37 @@ def result_train_params(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _EXECUTION_ONLY_KEYS}
 
 
-def run_fingerprint(params: Params, meta: dict[str, Any], data_id: str) -> str:
-    """Hash of everything that determines the result; a checkpoint resumes only into the same run."""
+def run_fingerprint(params: Params, env: str, data_identity: str, **extra: Any) -> str:
+    """Hash of everything that determines a training run's result: the world, the model and its settings,
+    the result-determining train params, the clips and the dataset (plus `extra`, e.g. what a λ-search
+    trial evaluates). A checkpoint resumes only into a run with the same fingerprint, and λ-search trials
+    are cached under it."""
     payload = {
-        "train": result_train_params(params.train), "meta": meta, "clip": dataclasses.asdict(params.clip),
-        "data": data_id,
+        "env": env, "model": {"name": params.model.name, **section_mapping(params.model.settings)},
+        "train": result_train_params(params.train), "clip": dataclasses.asdict(params.clip),
+        "data": data_identity, **extra,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move the tensors of a batch to `device` (non-blocking when pinned)."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+# ------------------------------------------------------------------------------------------------- data
 
 
-def validation_trajectories(
-    store: EpisodeStore, frameskip: int, max_episodes: int = 16, split: str = "val"
-) -> torch.Tensor:
-    """Frames of up to `max_episodes` held-out episodes every `frameskip` steps, (E, T, 3, H, W) uint8,
-    for the straightening metric. Episodes are cut to the shortest one so they stack."""
-    episodes = store.episode_ids(split)[:max_episodes]
-    sequences = [np.asarray(store.frames[store.episode_rows(ep)][::frameskip]) for ep in episodes]
-    length = min(len(s) for s in sequences)
-    stacked = np.stack([s[:length] for s in sequences])
-    return torch.from_numpy(stacked).permute(0, 1, 4, 2, 3).contiguous()
+@dataclass
+class TrainingData:
+    """The dataset, its train/val clips and the run length they imply."""
+
+    store: EpisodeStore
+    action_stats: ActionStats
+    train_set: ClipDataset
+    val_set: ClipDataset
+    steps_per_epoch: int
+    total_steps: int
 
 
-@torch.no_grad()
-def validate(
-    loss_module: LossModule, val_batches: list[dict[str, torch.Tensor]], trajectories: torch.Tensor,
-    device: torch.device, autocast: Any,
-) -> dict[str, float]:
-    """Validation losses, collapse diagnostics and latent straightness, in eval mode."""
-    loss_module.eval()
-    totals: dict[str, float] = {"pred": 0.0, "sigreg": 0.0, "total": 0.0}
-    embeddings = []
-    for batch in val_batches:
-        with autocast:
-            out = loss_module(to_device(batch, device))
-        for key in totals:
-            totals[key] += float(out[key]) / len(val_batches)
-        embeddings.append(out["embeddings"].float().cpu())
-    with autocast:
-        z = loss_module.model.encode(trajectories.to(device)).float().cpu()
-    loss_module.train()
-    metrics = {f"val/{k}_loss": v for k, v in totals.items()}
-    metrics.update({f"val/{k}": v for k, v in embedding_stats(torch.cat(embeddings)).items()})
-    metrics["val/straightness"] = straightness(z)
-    return metrics
-
-
-def _fixed_val_batches(dataset: ClipDataset, batch_size: int, count: int, seed: int) -> list[dict[str, Any]]:
-    """The same `count` validation batches every time (a seeded subset of the val clips)."""
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(dataset), generator=generator)[: batch_size * count].tolist()
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, order), batch_size=batch_size, generator=generator
-    )
-    return list(loader)
-
-
-def train(
-    params: Params,
-    env: str,
-    data_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    resume: bool = True,
-    tracker: Any | None = None,
-    on_step: Callable[[int], None] | None = None,
-    progress: bool = True,
-    plan_manifest: str | Path | None = None,
-) -> TrainOutcome:
-    """Train LeWM on `data_dir`; write checkpoints, history and metrics to `out_dir`.
-
-    `tracker` (see lewm.tracking.RunTracker) receives params, metrics and artifacts; None logs nothing.
-    `on_step(step)` is called after every optimiser step (tests use it to simulate an interruption).
-    With `train.plan_eval_every > 0` and a `plan_manifest` (validation start/goal pairs), planning success
-    is measured every that many steps and the best checkpoint by success rate is kept as
-    `checkpoints/best.pt`.
-    """
+def load_training_data(data_dir: str | Path, params: Params) -> TrainingData:
+    """Open `data_dir` and build the clip datasets (actions normalised with train-split statistics)."""
     cfg, clip = params.train, params.clip
-    rank, world_size = init_distributed()
-    is_main = rank == 0
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if cfg.batch_size % world_size:
-        raise ValueError(f"train.batch_size={cfg.batch_size} is not divisible by {world_size} processes")
-
     store = EpisodeStore.open(data_dir)
     action_stats = ActionStats.from_store(store)
     train_set = ClipDataset(store, "train", clip, action_stats)
@@ -241,179 +160,49 @@ def train(
     if len(val_set) == 0:
         raise ValueError(f"{data_dir}: the val split has no clip of {clip.history + clip.num_preds} frames")
     total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
+    return TrainingData(store, action_stats, train_set, val_set, steps_per_epoch, total_steps)
 
-    meta = model_meta(
-        env=env, model_cfg=params.model, image_size=store.manifest["image_size"],
-        action_dim=store.manifest["action_dim"], frameskip=clip.frameskip, history=clip.history,
-        action_stats=action_stats,
-    )
-    fingerprint = run_fingerprint(params, meta, store.manifest.get("created", ""))
 
-    seed_everything(cfg.seed)
-    model = build_model(meta).to(device)
-    sigreg = SIGReg(num_projections=cfg.sigreg_projections, knots=cfg.sigreg_knots, t_max=cfg.sigreg_t_max)
-    loss_module: nn.Module = LossModule(model, sigreg, cfg.lambda_)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move the tensors of a batch to `device` (non-blocking when pinned)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
-    out_dir = Path(out_dir)
-    checkpoint_dir = out_dir / "checkpoints"
-    last_checkpoint = checkpoint_dir / "last.pt"
-    start_step, run_id, history = 0, None, {"train": [], "val": []}
-    resumed_rng = None
-    if resume and last_checkpoint.exists():
-        state = read_checkpoint(last_checkpoint, device)
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            resumed_rng = state["rng_cpu"], state.get("rng_cuda")
-            start_step, run_id, history = state["step"], state.get("mlflow_run_id"), state["history"]
-            if is_main and progress:
-                print(f"resuming from {last_checkpoint} at step {start_step}/{total_steps}")
-        elif is_main and progress:
-            print(f"ignoring {last_checkpoint}: it belongs to a run with other parameters or data")
 
-    if world_size > 1:
-        loss_module.model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        loss_module = nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    core: LossModule = loss_module.module if world_size > 1 else loss_module  # type: ignore[assignment]
-
-    sampler = StepBatchSampler(
-        len(train_set), cfg.batch_size, cfg.seed, start_step, total_steps, rank, world_size
-    )
-    # Loaders draw worker seeds from their own generator, never from the global RNG that dropout and
-    # SIGReg directions use, so the global RNG state at step k is the same in a resumed run.
+def fixed_val_batches(dataset: ClipDataset, batch_size: int, count: int, seed: int) -> list[dict[str, Any]]:
+    """The same `count` validation batches every time (a seeded subset of the val clips)."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset), generator=generator)[: batch_size * count].tolist()
     loader = torch.utils.data.DataLoader(
-        train_set, batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(cfg.seed),
+        torch.utils.data.Subset(dataset, order), batch_size=batch_size, generator=generator
     )
-    plan_check = None
-    if cfg.plan_eval_every > 0:
-        if plan_manifest is None:
-            raise ValueError("train.plan_eval_every > 0 needs a validation manifest (run the manifest stage)")
-        plan_check = PlanCheck(params, store, meta, read_manifest(plan_manifest))
-    val_batches = _fixed_val_batches(val_set, cfg.batch_size, cfg.val_batches, cfg.seed)
-    trajectories = validation_trajectories(store, clip.frameskip)
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return list(loader)
 
-    if tracker is not None and is_main:
-        run_id = tracker.start(run_id)
-        tracker.log_params(
-            {**params.raw, "derived": {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
-                                       "train_clips": len(train_set), "val_clips": len(val_set),
-                                       "world_size": world_size, "device": str(device),
-                                       "parameters": model.num_parameters()}}
-        )
 
-    def checkpoint(step: int, path: Path) -> None:
-        save_checkpoint(path, {
-            "model": core.model.state_dict(),  # SyncBatchNorm keeps BatchNorm's keys
-            "optimizer": optimizer.state_dict(), "step": step, "meta": meta, "fingerprint": fingerprint,
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "mlflow_run_id": run_id, "history": history,
-        })
+# ------------------------------------------------------------------------------------------- validation
 
-    window: dict[str, float] = {"pred": 0.0, "sigreg": 0.0, "total": 0.0, "grad_norm": 0.0}
-    window_steps, window_start = 0, time.perf_counter()
-    started = time.perf_counter()
-    if resumed_rng is not None:
-        torch.set_rng_state(resumed_rng[0])
-        if device.type == "cuda" and resumed_rng[1] is not None:
-            torch.cuda.set_rng_state(resumed_rng[1], device)
-    bar = progress_bar(total=total_steps, initial=start_step, desc=f"train {env}",
-                       enabled=progress and is_main)
-    loss_module.train()
-    step = start_step
-    for batch in loader:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, total_steps, cfg.lr, cfg.warmup_fraction)
+
+@torch.no_grad()
+def validate(
+    model: nn.Module, val_batches: list[dict[str, torch.Tensor]], trajectories: torch.Tensor,
+    device: torch.device, autocast: Any,
+) -> dict[str, float]:
+    """Validation losses, collapse diagnostics and latent straightness, in eval mode."""
+    model.eval()
+    totals = dict.fromkeys(LOSS_TERMS, 0.0)
+    embeddings = []
+    for batch in val_batches:
         with autocast:
-            out = loss_module(to_device(batch, device))
-        optimizer.zero_grad(set_to_none=True)
-        out["total"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        step += 1
-        for key in ("pred", "sigreg", "total"):
-            window[key] += float(out[key].detach())
-        window["grad_norm"] += float(grad_norm)
-        window_steps += 1
-        bar.update(1)
-
-        if step % cfg.log_every == 0 or step == total_steps:
-            elapsed = time.perf_counter() - window_start
-            row = {f"train/{k}" + ("_loss" if k != "grad_norm" else ""): v / window_steps
-                   for k, v in window.items()}
-            row.update({"step": step, "lr": optimizer.param_groups[0]["lr"],
-                        "clips_per_s": window_steps * cfg.batch_size / max(elapsed, 1e-9)})
-            history["train"].append(row)
-            bar.set_postfix(pred=f"{row['train/pred_loss']:.4f}", sigreg=f"{row['train/sigreg_loss']:.3f}")
-            if tracker is not None and is_main:
-                tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step)
-            window = dict.fromkeys(window, 0.0)
-            window_steps, window_start = 0, time.perf_counter()
-
-        if (step % cfg.val_every == 0 or step == total_steps) and is_main:
-            val_metrics = validate(core, val_batches, trajectories, device, autocast)
-            record_validation(history["val"], step, val_metrics)
-            if tracker is not None:
-                tracker.log_metrics(val_metrics, step)
-
-        if plan_check is not None and is_main and (step % cfg.plan_eval_every == 0 or step == total_steps):
-            plan_metrics = plan_check(core.model)
-            record_validation(history["val"], step, plan_metrics)
-            if tracker is not None:
-                tracker.log_metrics(plan_metrics, step)
-            if plan_check.is_best(plan_metrics):
-                checkpoint(step, checkpoint_dir / "best.pt")
-
-        if is_main and (step % cfg.checkpoint_every == 0 or step == total_steps):
-            checkpoint(step, last_checkpoint)
-        if on_step is not None:
-            on_step(step)
-    bar.close()
-
-    metrics = final_metrics(history, time.perf_counter() - started, step, start_step, cfg.batch_size)
-    final_path = out_dir / "model.pt"
-    if is_main:
-        checkpoint(step, final_path)
-        write_history(history, out_dir)
-        write_json(out_dir / "metrics.json", metrics)
-        if tracker is not None:
-            tracker.log_metrics({f"final/{k}": v for k, v in metrics.items()}, step)
-            tracker.log_training_outputs(out_dir, core.model)
-            tracker.finish()
-    if dist.is_initialized():
-        dist.barrier()
-    return TrainOutcome(step=step, checkpoint=final_path, metrics=metrics, run_id=run_id)
-
-
-class PlanCheck:
-    """Planning success on the first `train.plan_eval_episodes` validation pairs, for checkpoint choice."""
-
-    def __init__(self, params: Params, store: EpisodeStore, meta: dict[str, Any], manifest: Any) -> None:
-        self.params, self.store, self.manifest = params, store, manifest
-        self.meta = {**meta, "action_stats": ActionStats.from_dict(meta["action_stats"])}
-        self.best = -1.0
-
-    def __call__(self, model: nn.Module) -> dict[str, float]:
-        _, summary = evaluate_model(
-            model, self.meta, self.manifest, self.store, self.params.plan, self.params.eval,
-            episodes=self.params.train.plan_eval_episodes, baselines=(),
-        )
-        return {f"val/plan_{k.removeprefix('lewm.')}": v for k, v in summary.items()
-                if k.startswith("lewm.") and k.endswith("success_rate")}
-
-    def is_best(self, metrics: dict[str, float]) -> bool:
-        """True when the reference-predicate success rate beats every earlier check."""
-        rate = metrics.get("val/plan_reference.success_rate", float("nan"))
-        if math.isfinite(rate) and rate > self.best:
-            self.best = rate
-            return True
-        return False
+            out = model(to_device(batch, device))
+        for key in totals:
+            totals[key] += float(out[key]) / len(val_batches)
+        embeddings.append(out["embeddings"].float().cpu())
+    with autocast:
+        z = model.encode(trajectories.to(device)).float().cpu()
+    model.train()
+    metrics = {f"val/{k}_loss": v for k, v in totals.items()}
+    metrics.update({f"val/{k}": v for k, v in embedding_stats(torch.cat(embeddings)).items()})
+    metrics["val/straightness"] = straightness(z.flatten(2))
+    return metrics
 
 
 def record_validation(rows: list[dict[str, float]], step: int, metrics: dict[str, float]) -> None:
@@ -423,6 +212,221 @@ def record_validation(rows: list[dict[str, float]], step: int, metrics: dict[str
         rows[-1].update(metrics)
     else:
         rows.append({"step": step, **metrics})
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+@dataclass
+class RunState:
+    """What a checkpoint restores besides weights: where the run stands and what it has logged."""
+
+    step: int = 0
+    run_id: str | None = None
+    history: dict[str, list[dict[str, float]]] = dataclasses.field(
+        default_factory=lambda: {"train": [], "val": []}
+    )
+    rng: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (CPU, CUDA) states to restore
+
+
+def resume_state(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 device: torch.device, announce: bool) -> RunState:
+    """Load the checkpoint at `path` into `model` and `optimizer` when it belongs to this run; a fresh
+    state otherwise."""
+    if not path.exists():
+        return RunState()
+    try:
+        state = read_checkpoint(path, device)
+    except CheckpointVersionError:  # an earlier format's checkpoint (checkpoints/ persists) is another run's
+        state = {}
+    if state.get("fingerprint") != fingerprint:
+        if announce:
+            print(f"ignoring {path}: it belongs to a run with other parameters or data")
+        return RunState()
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if announce:
+        print(f"resuming from {path} at step {state['step']}")
+    return RunState(state["step"], state.get("mlflow_run_id"), state["history"],
+                    (state["rng_cpu"], state.get("rng_cuda")))
+
+
+def save_training_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: ModelMeta, fingerprint: str,
+    run: RunState, device: torch.device,
+) -> None:
+    """Everything `resume` and `load_model` need, written atomically."""
+    save_checkpoint(path, {
+        "model": model.state_dict(),  # SyncBatchNorm keeps BatchNorm's keys
+        "optimizer": optimizer.state_dict(), "step": run.step, "meta": meta, "fingerprint": fingerprint,
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "mlflow_run_id": run.run_id, "history": run.history,
+    })
+
+
+# -------------------------------------------------------------------------------------------- the loop
+
+
+class LossWindow:
+    """Running means of the loss terms and gradient norm between two log lines, with throughput."""
+
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys((*LOSS_TERMS, "grad_norm"), 0.0)
+        self.steps, self.started = 0, time.perf_counter()
+
+    def add(self, out: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> None:
+        for key in LOSS_TERMS:
+            self.sums[key] += float(out[key].detach())
+        self.sums["grad_norm"] += float(grad_norm)
+        self.steps += 1
+
+    def row(self, step: int, lr: float, batch_size: int) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.started
+        row = {f"train/{k}" + ("_loss" if k != "grad_norm" else ""): v / self.steps
+               for k, v in self.sums.items()}
+        return {**row, "step": step, "lr": lr, "clips_per_s": self.steps * batch_size / max(elapsed, 1e-9)}
+
+
+def train(
+    params: Params,
+    env: str,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    resume: bool = True,
+    tracker: Any | None = None,
+    on_step: Callable[[int], None] | None = None,
+    progress: bool = True,
+    selector: CheckpointSelector | None = None,
+) -> TrainOutcome:
+    """Train world model `model.name` on `data_dir`; write checkpoints, history and metrics to `out_dir`.
+
+    `tracker` (see lewm.tracking.RunTracker) receives params, metrics and artifacts; None logs nothing.
+    `on_step(step)` is called after every optimiser step (tests use it to simulate an interruption).
+    With `train.plan_eval_every > 0`, `selector` scores the model every that many steps and the best state
+    is kept as `checkpoints/best.pt`.
+    """
+    cfg = params.train
+    rank, world_size = init_distributed()
+    is_main = rank == 0
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if cfg.batch_size % world_size:
+        raise ValueError(f"train.batch_size={cfg.batch_size} is not divisible by {world_size} processes")
+    if cfg.plan_eval_every > 0 and selector is None:
+        raise ValueError("train.plan_eval_every > 0 needs a checkpoint selector (the validation manifest "
+                         "of the manifest stage)")
+    data = load_training_data(data_dir, params)
+    meta = model_meta(env, params.model.name, params.model.settings, data.store.manifest["image_size"],
+                      data.store.manifest["action_dim"], params.clip.frameskip, params.clip.history,
+                      data.action_stats)
+    fingerprint = run_fingerprint(params, env, data.store.identity)
+
+    # Model and optimiser; the model is built from the seeded global RNG, then restored if resuming.
+    seed_everything(cfg.seed)
+    model = meta.build().to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    out_dir = Path(out_dir)
+    last_checkpoint = out_dir / "checkpoints" / "last.pt"
+    announce = is_main and progress
+    run = RunState()
+    if resume:
+        run = resume_state(last_checkpoint, fingerprint, model, optimizer, device, announce)
+    step_model = model
+    if world_size > 1:
+        step_model = nn.parallel.DistributedDataParallel(
+            nn.SyncBatchNorm.convert_sync_batchnorm(model),
+            device_ids=[device.index] if device.type == "cuda" else None,
+        )
+
+    # Batches: step-indexed order; loaders draw worker seeds from their own generator, never from the
+    # global RNG that dropout and SIGReg directions use, so the global RNG state at step k is the same in a
+    # resumed run.
+    sampler = StepBatchSampler(len(data.train_set), cfg.batch_size, cfg.seed, run.step, data.total_steps,
+                               rank, world_size)
+    loader = torch.utils.data.DataLoader(
+        data.train_set, batch_sampler=sampler, num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    val_batches = fixed_val_batches(data.val_set, cfg.batch_size, cfg.val_batches, cfg.seed)
+    trajectories = strided_trajectories(data.store, params.clip.frameskip)
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    if tracker is not None and is_main:
+        run.run_id = tracker.start(run.run_id)
+        tracker.log_params({**params.raw, "derived": {
+            "total_steps": data.total_steps, "steps_per_epoch": data.steps_per_epoch,
+            "train_clips": len(data.train_set), "val_clips": len(data.val_set), "world_size": world_size,
+            "device": str(device), "parameters": model.num_parameters()}})
+
+    if run.rng is not None:
+        torch.set_rng_state(run.rng[0])
+        if device.type == "cuda" and run.rng[1] is not None:
+            torch.cuda.set_rng_state(run.rng[1], device)
+    bar = progress_bar(total=data.total_steps, initial=run.step, desc=f"train {env}",
+                       enabled=progress and is_main)
+    window, started, start_step = LossWindow(), time.perf_counter(), run.step
+    step_model.train()
+    for batch in loader:
+        # One optimiser step.
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(run.step, data.total_steps, cfg.lr, cfg.warmup_fraction)
+        with autocast:
+            out = step_model(to_device(batch, device))
+        optimizer.zero_grad(set_to_none=True)
+        out["total"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        run.step += 1
+        window.add(out, grad_norm)
+        bar.update(1)
+        at_end = run.step == data.total_steps
+
+        # Logging, validation, checkpoint selection and checkpoints, each on its own period.
+        if run.step % cfg.log_every == 0 or at_end:
+            row = window.row(run.step, optimizer.param_groups[0]["lr"], cfg.batch_size)
+            run.history["train"].append(row)
+            bar.set_postfix(pred=f"{row['train/pred_loss']:.4f}", sigreg=f"{row['train/sigreg_loss']:.3f}")
+            if tracker is not None and is_main:
+                tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, run.step)
+            window = LossWindow()
+        if is_main and (run.step % cfg.val_every == 0 or at_end):
+            log_validation(run, validate(model, val_batches, trajectories, device, autocast), tracker)
+        if is_main and selector is not None and (run.step % cfg.plan_eval_every == 0 or at_end):
+            scores = selector(model, meta)
+            log_validation(run, scores, tracker)
+            if selector.is_best(scores):
+                save_training_checkpoint(out_dir / "checkpoints" / "best.pt", model, optimizer, meta,
+                                         fingerprint, run, device)
+        if is_main and (run.step % cfg.checkpoint_every == 0 or at_end):
+            save_training_checkpoint(last_checkpoint, model, optimizer, meta, fingerprint, run, device)
+        if on_step is not None:
+            on_step(run.step)
+    bar.close()
+
+    metrics = final_metrics(run.history, time.perf_counter() - started, run.step, start_step, cfg.batch_size)
+    final_path = out_dir / "model.pt"
+    if is_main:
+        save_training_checkpoint(final_path, model, optimizer, meta, fingerprint, run, device)
+        write_history(run.history, out_dir)
+        write_json(out_dir / "metrics.json", metrics)
+        if tracker is not None:
+            tracker.log_metrics({f"final/{k}": v for k, v in metrics.items()}, run.step)
+            tracker.log_training_outputs(out_dir, model)
+            tracker.finish()
+    if dist.is_initialized():
+        dist.barrier()
+    return TrainOutcome(step=run.step, checkpoint=final_path, metrics=metrics, run_id=run.run_id)
+
+
+def log_validation(run: RunState, metrics: dict[str, float], tracker: Any | None) -> None:
+    """Record validation `metrics` at the current step in the history and the tracker."""
+    record_validation(run.history["val"], run.step, metrics)
+    if tracker is not None:
+        tracker.log_metrics(metrics, run.step)
 
 
 def final_metrics(

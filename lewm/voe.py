@@ -1,15 +1,15 @@
 """Violation of expectation (reference §10): is the world model surprised by physically impossible events
 more than by merely visual ones?
 
-Per episode, three trajectories share the initial state and the action sequence:
+Per episode, one trajectory per condition, all sharing the initial state and the action sequence:
 - `unperturbed`: the data-collection policy acts (seeded by `voe.seed` and the episode index); its
   executed actions are recorded;
-- `color`: the recorded actions are replayed, and the block's colour becomes `voe.color` from frame
-  `perturb_step` on (set just before the step that renders that frame; the physics is untouched);
-- `teleport`: the recorded actions are replayed, and right after the step that leads to frame
-  `perturb_step` the whole scene (block AND agent) is set to a random valid state, at rest; it is the
-  observation at frame `perturb_step`. The state is an episode start drawn by `env.reset` from a seed of
-  its own (`voe.seed`, episode index), so every model sees the same teleport.
+- one per perturbation of the world (`World.perturbations`, lewm/world.py): the recorded actions are
+  replayed and the perturbation is injected at frame `perturb_step`. Push-T has `color` (the block's colour
+  becomes `voe.color` from that frame on, set just before the step that renders it; the physics is
+  untouched) and `teleport` (right after the step that leads to that frame the whole scene, block AND
+  agent, is set to a random valid state at rest, drawn by `env.reset` from a seed of its own: `voe.seed`,
+  episode index, so every model sees the same teleport).
 Frames before `perturb_step` are therefore identical across conditions. After it the recorded actions
 keep being replayed unchanged (the actions are relative moves, valid anywhere), so only the perturbation
 differs between conditions, never the agent's commands.
@@ -43,16 +43,16 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from lewm.checkpoint import ModelMeta
 from lewm.config import VoEConfig
 from lewm.data.clips import ActionStats
 from lewm.data.generate import EpisodeJob, record_episode
-from lewm.envs import make_env
-from lewm.model import LeWM
+from lewm.envs import get_world
+from lewm.models import WorldModel
 from lewm.plots import save_figure
+from lewm.world import Perturbation, PerturbationContext, World
 
-CONDITIONS = ("unperturbed", "color", "teleport")
-PERTURBED = CONDITIONS[1:]
-_TELEPORT_STREAM = 2  # SeedSequence spawn key of the teleport draws (0 and 1 are used by data generation)
+UNPERTURBED = "unperturbed"
 
 
 @dataclass
@@ -85,73 +85,55 @@ def check_config(cfg: VoEConfig, frameskip: int, history: int) -> None:
         raise ValueError("; ".join(problems))
 
 
-def teleport_state(env_name: str, env_kwargs: dict[str, Any], seed: int, episode: int) -> np.ndarray:
-    """The random valid state episode `episode` teleports to: a start state drawn by `reset`."""
-    sequence = np.random.SeedSequence(seed, spawn_key=(_TELEPORT_STREAM, episode))
-    env = make_env(env_name, **env_kwargs)
-    try:
-        obs, _ = env.reset(seed=int(sequence.generate_state(1)[0]))
-    finally:
-        env.close()
-    return obs["state"]
-
-
 def replay(
-    env: Any,
-    reset_seed: int,
-    actions: np.ndarray,
-    perturb_step: int,
-    condition: str,
-    color: tuple[int, int, int] | list[int],
-    teleport_to: np.ndarray,
+    env: Any, reset_seed: int, actions: np.ndarray, perturb_step: int, perturbation: Perturbation | None,
+    value: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Frames and states of `actions` replayed from `reset(seed=reset_seed)` under `condition`."""
-    if condition not in CONDITIONS:
-        raise ValueError(f"unknown VoE condition {condition!r} (known: {', '.join(CONDITIONS)})")
-    if condition == "color" and not hasattr(env.unwrapped, "set_block_color"):
-        raise ValueError(f"{type(env.unwrapped).__name__} has no colour perturbation (set_block_color)")
+    """Frames and states of `actions` replayed from `reset(seed=reset_seed)`, with `perturbation` (None:
+    unperturbed) injected at frame `perturb_step`; `value` is what its `prepare` returned."""
     obs, _ = env.reset(seed=reset_seed)
     frames, states = [obs["pixels"]], [obs["state"]]
     for step, action in enumerate(actions, start=1):
-        if step == perturb_step and condition == "color":
-            env.unwrapped.set_block_color(color)
+        at_perturbation = perturbation is not None and step == perturb_step
+        if at_perturbation and perturbation.before_step is not None:
+            perturbation.before_step(env, value)
         obs = env.step(action)[0]
-        if step == perturb_step and condition == "teleport":
-            obs = env.unwrapped.set_state(teleport_to)
+        if at_perturbation and perturbation.after_step is not None:
+            obs = perturbation.after_step(env, value)
         frames.append(obs["pixels"])
         states.append(obs["state"])
     return np.stack(frames), np.stack(states)
 
 
 def episode_trajectories(
-    env_name: str, env_kwargs: dict[str, Any], cfg: VoEConfig, episode: int
+    world: World, env_kwargs: dict[str, Any], cfg: VoEConfig, episode: int
 ) -> dict[str, Trajectory]:
-    """The three conditions of one episode (see the module docstring), each in a fresh environment."""
+    """The unperturbed trajectory of one episode and one per perturbation of the world (see the module
+    docstring), each in a fresh environment."""
     kwargs = {**env_kwargs, "max_steps": cfg.steps}
-    job = EpisodeJob(episode, cfg.seed, cfg.policy, cfg.action_noise, cfg.steps)
-    env = make_env(env_name, **kwargs)
+    job = EpisodeJob(world.name, episode, cfg.seed, cfg.policy, cfg.action_noise, cfg.steps)
+    env = world.make_env(**kwargs)
     try:
         record = record_episode(env, job)
     finally:
         env.close()
     trajectories = {
-        "unperturbed": Trajectory(episode, "unperturbed", record.frames, record.states, record.actions)
+        UNPERTURBED: Trajectory(episode, UNPERTURBED, record.frames, record.states, record.actions)
     }
-    destination = teleport_state(env_name, kwargs, cfg.seed, episode)
-    for condition in PERTURBED:
-        env = make_env(env_name, **kwargs)
+    context = PerturbationContext(cfg, episode, lambda: world.make_env(**kwargs))
+    for name, perturbation in world.perturbations.items():
+        value = perturbation.prepare(context)
+        env = world.make_env(**kwargs)
         try:
-            frames, states = replay(
-                env, record.seed, record.actions, cfg.perturb_step, condition, cfg.color, destination
-            )
+            frames, states = replay(env, record.seed, record.actions, cfg.perturb_step, perturbation, value)
         finally:
             env.close()
-        trajectories[condition] = Trajectory(episode, condition, frames, states, record.actions)
+        trajectories[name] = Trajectory(episode, name, frames, states, record.actions)
     return trajectories
 
 
 def surprise_curve(
-    model: LeWM,
+    model: WorldModel,
     frames: np.ndarray,
     actions: np.ndarray,
     action_stats: ActionStats,
@@ -174,12 +156,12 @@ def surprise_curve(
         action_blocks = torch.from_numpy(blocks.reshape(*context.shape, -1)).to(device)
         predicted = model.predict(z[window_context], action_blocks)[:, -1]
         target = z[torch.as_tensor(context_ends + fs, device=device)]
-        surprise = ((predicted - target) ** 2).sum(dim=-1)
+        surprise = (predicted - target).pow(2).flatten(1).sum(dim=1)
     return context_ends + fs, surprise.cpu().numpy().astype(np.float64)
 
 
 def surprise_table(
-    model: LeWM,
+    model: WorldModel,
     action_stats: ActionStats,
     trajectories: list[Trajectory],
     perturb_step: int,
@@ -227,12 +209,17 @@ def compare_peaks(perturbed: np.ndarray, unperturbed: np.ndarray) -> dict[str, f
     }
 
 
+def perturbed_conditions(table: pd.DataFrame) -> list[str]:
+    """The perturbations in `table`, in the order the world lists them."""
+    return [condition for condition in dict.fromkeys(table["condition"]) if condition != UNPERTURBED]
+
+
 def voe_metrics(table: pd.DataFrame, window: int) -> dict[str, float]:
     """Flat metrics: `unperturbed.peak_mean` and, per perturbed condition, `compare_peaks` keys."""
     peaks = peak_surprise(table, window)
-    metrics = {"unperturbed.peak_mean": float(peaks["unperturbed"].mean())}
-    for condition in PERTURBED:
-        comparison = compare_peaks(peaks[condition].to_numpy(), peaks["unperturbed"].to_numpy())
+    metrics = {"unperturbed.peak_mean": float(peaks[UNPERTURBED].mean())}
+    for condition in perturbed_conditions(table):
+        comparison = compare_peaks(peaks[condition].to_numpy(), peaks[UNPERTURBED].to_numpy())
         metrics.update({f"{condition}.{key}": value for key, value in comparison.items()})
     return metrics
 
@@ -242,10 +229,10 @@ def plot_surprise(table: pd.DataFrame, window: int, metrics: dict[str, float], p
     near = table[table["relative_step"].abs() <= window]
     curves = near.groupby(["condition", "relative_step"])["surprise"].agg(["mean", "sem"]).reset_index()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for condition in CONDITIONS:
+    for condition in [UNPERTURBED, *perturbed_conditions(table)]:
         curve = curves[curves["condition"] == condition]
         label = condition
-        if condition in PERTURBED:
+        if condition != UNPERTURBED:
             label += (
                 f" (peak ×{metrics[f'{condition}.peak_ratio']:.2f}, p={metrics[f'{condition}.p_value']:.2g})"
             )
@@ -271,19 +258,20 @@ class VoEResult:
 
 
 def run_voe(
-    model: LeWM,
-    meta: dict[str, Any],
+    model: WorldModel,
+    meta: ModelMeta,
     env_kwargs: dict[str, Any],
     cfg: VoEConfig,
     device: str | torch.device = "cpu",
 ) -> VoEResult:
-    """Roll out `cfg.episodes` episodes of the three conditions in `meta["env"]` (built with `env_kwargs`,
-    as the training data was) and measure the model's surprise along them."""
+    """Roll out `cfg.episodes` episodes of every condition in world `meta.env` (built with `env_kwargs`, as
+    the training data was) and measure the model's surprise along them."""
     check_config(cfg, model.frameskip, model.history)
+    world = get_world(meta.env)
     trajectories = [
         trajectory
         for episode in range(cfg.episodes)
-        for trajectory in episode_trajectories(meta["env"], env_kwargs, cfg, episode).values()
+        for trajectory in episode_trajectories(world, env_kwargs, cfg, episode).values()
     ]
-    table = surprise_table(model.to(device), meta["action_stats"], trajectories, cfg.perturb_step, device)
+    table = surprise_table(model.to(device), meta.action_stats, trajectories, cfg.perturb_step, device)
     return VoEResult(table, voe_metrics(table, cfg.window))

@@ -15,7 +15,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--params", default=None, help="parameter file (default: params.yaml)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a parameter, e.g. --set train.lambda=0.1 (repeatable)",
+        help="override a parameter, e.g. --set model.lewm.lambda=0.1 (repeatable)",
     )
     return parser
 

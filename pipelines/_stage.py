@@ -4,45 +4,46 @@ its dataset, and append results to the MLflow run that trained it."""
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import pandas as pd
 import torch
 
-from lewm.checkpoint import load_model
-from lewm.config import Params, TrackingConfig, load_params
+from lewm.checkpoint import LoadedModel, ModelMeta, load_model
+from lewm.config import Params, load_params
 from lewm.data.storage import EpisodeStore
 from lewm.io import atomic_file, write_json
-from lewm.model import LeWM
-from lewm.tracking import configure, read_run_id
-from lewm.train import resolve_device
+from lewm.models import WorldModel
+from lewm.runtime import resolve_device
+from lewm.tracking import append_to_run, read_run_id
 from pipelines._cli import base_parser
 
 
 def load_model_and_data(
     env: str, model_path: str | Path, data_dir: str | Path, device: str | torch.device = "cpu"
-) -> tuple[LeWM, dict[str, Any], EpisodeStore]:
-    """The trained model (on `device`), its meta and the dataset, checked to belong together."""
+) -> tuple[LoadedModel, EpisodeStore]:
+    """The trained model (on `device`) with its meta and step, and the dataset, checked to belong
+    together."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise FileNotFoundError(
             f"{model_path}: model checkpoint not found (run `python -m pipelines.train --env {env}` first)"
         )
-    model, meta = load_model(model_path, device)
+    loaded = load_model(model_path, device)
+    meta = loaded.meta
     store = EpisodeStore.open(data_dir)
-    if meta["env"] != env or store.manifest["env"] != env:
+    if meta.env != env or store.manifest["env"] != env:
         raise ValueError(
-            f"environment mismatch: --env {env}, model {meta['env']!r}, dataset {store.manifest['env']!r}"
+            f"environment mismatch: --env {env}, model {meta.env!r}, dataset {store.manifest['env']!r}"
         )
-    if store.manifest["image_size"] != meta["image_size"]:
+    if store.manifest["image_size"] != meta.image_size:
         raise ValueError(
             f"{data_dir}: {store.manifest['image_size']} px frames, but the model was trained on "
-            f"{meta['image_size']} px"
+            f"{meta.image_size} px"
         )
-    return model, meta, store
+    return loaded, store
 
 
 def training_run_id(model_path: Path) -> str:
@@ -53,26 +54,6 @@ def training_run_id(model_path: Path) -> str:
     if run_id is None:
         raise ValueError(f"{run_file}: the training run was not tracked in MLflow (use --no-track)")
     return run_id
-
-
-def log_to_training_run(
-    tracking: TrackingConfig,
-    run_id: str,
-    prefix: str,
-    metrics: dict[str, float],
-    artifacts: list[Path],
-    step: int | None = None,
-) -> None:
-    """Append `metrics` (as `<prefix>/<key>`, NaN left out) and `artifacts` (under `<prefix>/`) to MLflow run
-    `run_id`."""
-    configure(tracking)
-    import mlflow
-
-    with mlflow.start_run(run_id=run_id):
-        finite = {f"{prefix}/{key}": value for key, value in metrics.items() if math.isfinite(value)}
-        mlflow.log_metrics(finite, step=step or 0)
-        for path in artifacts:
-            mlflow.log_artifact(str(path), artifact_path=prefix)
 
 
 def analysis_parser(description: str, stage: str) -> argparse.ArgumentParser:
@@ -94,7 +75,7 @@ class AnalysisResult(Protocol):
     metrics: dict[str, float]
 
 
-Analyse = Callable[[LeWM, dict[str, Any], EpisodeStore, Params, torch.device], AnalysisResult]
+Analyse = Callable[[WorldModel, ModelMeta, EpisodeStore, Params, torch.device], AnalysisResult]
 """Runs an analysis: (model, its meta, the dataset, params, device) → result."""
 
 
@@ -119,16 +100,16 @@ def run_analysis_stage(
     model_path = Path(model_path or f"runs/{env}/train/model.pt")
     out_dir = Path(out_dir or f"runs/{env}/{stage}")
     torch_device = resolve_device(device)
-    model, meta, store = load_model_and_data(env, model_path, data_dir or f"data/{env}", torch_device)
+    loaded, store = load_model_and_data(env, model_path, data_dir or f"data/{env}", torch_device)
     run_id = training_run_id(model_path) if track else None
-    result = analyse(model, meta, store, params, torch_device)
+    result = analyse(loaded.model, loaded.meta, store, params, torch_device)
     with atomic_file(out_dir / table_name) as tmp:
         result.table.to_parquet(tmp, index=False)
     write_json(out_dir / "metrics.json", result.metrics)
     plot(result, params, out_dir / f"{stage}.png")
     if run_id is not None:
         artifacts = [out_dir / name for name in (table_name, "metrics.json", f"{stage}.png")]
-        log_to_training_run(params.tracking, run_id, stage, result.metrics, artifacts, meta["step"])
+        append_to_run(params.tracking, run_id, stage, result.metrics, artifacts, loaded.step)
     return result.metrics
 
 

@@ -1,8 +1,9 @@
 """Stage `plan@<env>`: planning evaluation of the trained model on the held-out test manifest.
 
-    python -m pipelines.plan --env pusht [--set plan.iterations=30 --out runs/pusht/plan_it30]
+    python -m pipelines.plan --env pusht [--set plan.cem.iterations=30 --out runs/pusht/plan_it30]
 
-LeWM + CEM/MPC and the floor policies (random, zero) run on exactly the same start/goal pairs. Writes
+The world model (`model.name`) with the solver (`plan.solver`) in an MPC loop, and the floor baselines
+(random, zero), run on exactly the same start/goal pairs. Writes
 runs/<env>/plan/{episodes.parquet (one row per eval seed × pair × method), metrics.json, gifs/} and logs
 them to the MLflow run of the evaluated model (metrics prefixed `plan/`).
 """
@@ -11,11 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lewm.config import load_params
+from lewm.config import PlanConfig, load_params, section_mapping
 from lewm.evaluation import evaluate_model, read_manifest
 from lewm.io import atomic_file, write_json
+from lewm.tracking import append_to_run
 from pipelines._cli import base_parser, run_cli
-from pipelines._stage import load_model_and_data, log_to_training_run, training_run_id
+from pipelines._stage import load_model_and_data, training_run_id
 
 
 def plan_stage(
@@ -28,36 +30,39 @@ def plan_stage(
     params = load_params(params_path, overrides)
     model_path = Path(train_dir or f"runs/{env}/train") / "model.pt"
     out_dir = Path(out_dir or f"runs/{env}/plan")
-    model, meta, store = load_model_and_data(env, model_path, f"data/{env}")
+    loaded, store = load_model_and_data(env, model_path, f"data/{env}")
     run_id = training_run_id(model_path) if track else None
     manifest = read_manifest(f"runs/{env}/manifests/test.parquet")
     gif_dir = out_dir / "gifs"
-    rows, summary = evaluate_model(model, meta, manifest, store, params.plan, params.eval,
+    rows, summary = evaluate_model(loaded.model, loaded.meta, manifest, store, params.plan, params.eval,
                                    episodes=pairs, gif_dir=gif_dir if params.eval.gifs else None,
                                    progress=progress)
-    summary["cem_iterations"] = params.plan.iterations
-    summary["cem_samples"] = params.plan.samples
+    summary.update(solver_settings(params.plan))
     with atomic_file(out_dir / "episodes.parquet") as tmp:
         rows.to_parquet(tmp, index=False)
     write_json(out_dir / "metrics.json", summary)
     if run_id is not None:
         artifacts = [out_dir / "episodes.parquet", out_dir / "metrics.json", *sorted(gif_dir.glob("*.gif"))]
-        log_to_training_run(params.tracking, run_id, "plan", summary, artifacts, meta["step"])
+        append_to_run(params.tracking, run_id, "plan", summary, artifacts, loaded.step)
     return summary
 
 
+def solver_settings(plan_cfg: PlanConfig) -> dict[str, float]:
+    """The solver's numeric settings as `<solver>_<key>` (e.g. `cem_iterations`), kept beside the results
+    they produced."""
+    return {f"{plan_cfg.solver}_{key}": value for key, value in section_mapping(plan_cfg.settings).items()
+            if isinstance(value, int | float) and not isinstance(value, bool)}
+
+
 def describe(summary: dict[str, float]) -> str:
-    """One line per method × predicate: success rate, Wilson interval, excluded starts."""
+    """One line per method × predicate in `summary`: success rate, Wilson interval, excluded starts."""
     lines = []
-    for method in ("lewm", "random", "zero"):
-        for predicate in ("reference", "block"):
-            key = f"{method}.{predicate}"
-            if f"{key}.success_rate" in summary:
-                lines.append(
-                    f"{key}: {100 * summary[f'{key}.success_rate']:.1f}% "
-                    f"[{100 * summary[f'{key}.ci_low']:.1f}, {100 * summary[f'{key}.ci_high']:.1f}] "
-                    f"(n={summary[f'{key}.n']:.0f}, excluded {summary[f'{key}.excluded']:.0f})"
-                )
+    for key in (k.removesuffix(".success_rate") for k in summary if k.endswith(".success_rate")):
+        lines.append(
+            f"{key}: {100 * summary[f'{key}.success_rate']:.1f}% "
+            f"[{100 * summary[f'{key}.ci_low']:.1f}, {100 * summary[f'{key}.ci_high']:.1f}] "
+            f"(n={summary[f'{key}.n']:.0f}, excluded {summary[f'{key}.excluded']:.0f})"
+        )
     lines.append(f"plan time per solve: median {summary['plan_time_median_s']:.2f} s, "
                  f"p90 {summary['plan_time_p90_s']:.2f} s")
     return "\n".join(lines)

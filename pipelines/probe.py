@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, task
-
 from lewm.probing import plot_probe_scores, run_probing
 from pipelines._cli import run_cli
 from pipelines._stage import run_analysis_cli, run_analysis_stage
@@ -36,19 +34,6 @@ def probe_stage(
         lambda result, params, path: plot_probe_scores(result.table, path),
         env, params_path, overrides, data_dir, model_path, out_dir, track, device,
     )
-
-
-@task(name="probe-encoder")
-def probe_task(env: str, params_path: str | None, overrides: list[str] | None) -> dict[str, float]:
-    return probe_stage(env, params_path, overrides)
-
-
-@flow(name="probe")
-def probe_flow(
-    env: str = "pusht", params_path: str | None = None, overrides: list[str] | None = None
-) -> dict:
-    """Prefect flow around the probing stage (same function the CLI calls)."""
-    return probe_task(env, params_path, overrides)
 
 
 def main() -> None:

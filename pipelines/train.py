@@ -1,6 +1,6 @@
-"""Stage `train@<env>`: train LeWM on the environment's dataset, tracked in MLflow.
+"""Stage `train@<env>`: train the world model `model.name` on the environment's dataset, tracked in MLflow.
 
-    python -m pipelines.train --env pusht [--set train.lambda=0.05] [--no-resume]
+    python -m pipelines.train --env pusht [--set model.lewm.lambda=0.05] [--no-resume]
 
 Writes runs/<env>/train/{model.pt, run.json, metrics.json, *_history.csv, curves.png, checkpoints/}.
 Resumes from checkpoints/last.pt after an interruption (same params and data only).
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, task
-
-from lewm.config import Params, load_params
+from lewm.config import Params, load_params, section_mapping
+from lewm.data.storage import EpisodeStore
+from lewm.evaluation import PlanningCheck, read_manifest
 from lewm.io import write_json
 from lewm.registry import model_name, register
 from lewm.tracking import RunTracker, tracking_uri
@@ -28,11 +28,9 @@ def train_stage(
     out_dir: str | Path | None = None,
     resume: bool = True,
     track: bool = True,
-    register_model: bool = True,
 ) -> TrainOutcome:
     """Train on data/<env> into runs/<env>/train and record the MLflow run id in run.json. A tracked run's
-    model becomes a version of the registered model `tracking.registered_model` (unless `register_model`
-    is False: the Prefect flow registers in its own, retried, task)."""
+    model becomes a version of the registered model `tracking.registered_model`."""
     params = load_params(params_path, overrides)
     data_dir = Path(data_dir or f"data/{env}")
     out_dir = Path(out_dir or f"runs/{env}/train")
@@ -41,12 +39,10 @@ def train_stage(
     if track:
         tags = {"env": env, "stage": "train", "profile": params.profile}
         tracker = RunTracker(params.tracking, run_name=f"train-{env}", tags=tags)
-    plan_manifest = Path(f"runs/{env}/manifests/val.parquet") if params.train.plan_eval_every > 0 else None
-    outcome = train(
-        params, env, data_dir, out_dir, resume=resume, tracker=tracker, plan_manifest=plan_manifest
-    )
+    selector = planning_check(params, env, data_dir) if params.train.plan_eval_every > 0 else None
+    outcome = train(params, env, data_dir, out_dir, resume=resume, tracker=tracker, selector=selector)
     registered = {}
-    if track and register_model:
+    if track:
         registered = {"registered_model": model_name(params.tracking, env),
                       "model_version": register_training_run(params, env, outcome.run_id)}
     write_json(out_dir / "run.json", {
@@ -56,31 +52,21 @@ def train_stage(
     return outcome
 
 
+def planning_check(params: Params, env: str, data_dir: Path) -> PlanningCheck:
+    """Checkpoint selection by planning success on the validation manifest of the manifest stage."""
+    manifest_path = Path(f"runs/{env}/manifests/val.parquet")
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: train.plan_eval_every > 0 needs the validation manifest "
+                                f"(run `python -m pipelines.manifest --env {env}` first)")
+    return PlanningCheck(params, EpisodeStore.open(data_dir), read_manifest(manifest_path))
+
+
 def register_training_run(params: Params, env: str, run_id: str) -> str:
     """Register the run's logged model as a version of `tracking.registered_model`; return the version."""
-    return register(run_id, model_name(params.tracking, env),
-                    tags={"stage": "train", "lambda": params.train.lambda_, "profile": params.profile})
-
-
-@task(name="train-model")
-def train_task(env: str, params_path: str | None, overrides: list[str] | None) -> TrainOutcome:
-    return train_stage(env, params_path, overrides, register_model=False)
-
-
-@task(name="register-model", retries=2, retry_delay_seconds=5)
-def register_task(env: str, params_path: str | None, overrides: list[str] | None, run_id: str) -> str:
-    """Registry I/O, retried (training itself never is)."""
-    return register_training_run(load_params(params_path, overrides), env, run_id)
-
-
-@flow(name="train")
-def train_flow(
-    env: str = "pusht", params_path: str | None = None, overrides: list[str] | None = None
-) -> dict[str, float | str]:
-    """Prefect flow around the training stage (same function the CLI calls), then registration."""
-    outcome = train_task(env, params_path, overrides)
-    version = register_task(env, params_path, overrides, outcome.run_id)
-    return {**outcome.metrics, "model_version": version}
+    tags = {"stage": "train", "model": params.model.name, "profile": params.profile,
+            **{key: value for key, value in section_mapping(params.model.settings).items()
+               if key == "lambda"}}
+    return register(run_id, model_name(params.tracking, env), tags=tags)
 
 
 def main() -> None:

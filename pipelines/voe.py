@@ -1,5 +1,5 @@
-"""Stage `voe@<env>`: violation of expectation, the trained model's surprise along unperturbed, colour-
-changed and teleported trajectories that share their actions (lewm/voe.py explains the protocol).
+"""Stage `voe@<env>`: violation of expectation, the trained model's surprise along unperturbed and
+perturbed trajectories that share their actions (the world's perturbations; lewm/voe.py explains them).
 
     python -m pipelines.voe --env pusht [--set voe.episodes=8] [--no-track]
 
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, task
-
-from lewm.voe import PERTURBED, plot_surprise, run_voe
+from lewm.voe import UNPERTURBED, plot_surprise, run_voe
 from pipelines._cli import run_cli
 from pipelines._stage import run_analysis_cli, run_analysis_stage
 
@@ -39,20 +37,10 @@ def voe_stage(
     )
 
 
-@task(name="voe-surprise")
-def voe_task(env: str, params_path: str | None, overrides: list[str] | None) -> dict[str, float]:
-    return voe_stage(env, params_path, overrides)
-
-
-@flow(name="voe")
-def voe_flow(env: str = "pusht", params_path: str | None = None, overrides: list[str] | None = None) -> dict:
-    """Prefect flow around the violation-of-expectation stage (same function the CLI calls)."""
-    return voe_task(env, params_path, overrides)
-
-
 def main() -> None:
     metrics = run_analysis_cli(voe_stage, __doc__.splitlines()[0], "voe")
-    for condition in PERTURBED:
+    conditions = sorted({key.split(".")[0] for key in metrics} - {UNPERTURBED})
+    for condition in conditions:
         print(
             f"{condition}: peak surprise ×{metrics[f'{condition}.peak_ratio']:.2f} vs unperturbed "
             f"(median ×{metrics[f'{condition}.peak_ratio_median']:.2f}), "

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 _TINY_MODEL = [
-    "model.encoder_depth=1", "model.encoder_dim=32", "model.encoder_heads=2", "model.patch_size=16",
-    "model.embed_dim=16", "model.projector_hidden=32", "model.predictor_depth=1", "model.predictor_heads=2",
-    "model.predictor_head_dim=8", "model.predictor_mlp_dim=32", "train.sigreg_projections=32",
+    "model.lewm.encoder_depth=1", "model.lewm.encoder_dim=32", "model.lewm.encoder_heads=2",
+    "model.lewm.patch_size=16", "model.lewm.embed_dim=16", "model.lewm.projector_hidden=32",
+    "model.lewm.predictor_depth=1", "model.lewm.predictor_heads=2", "model.lewm.predictor_head_dim=8",
+    "model.lewm.predictor_mlp_dim=32", "model.lewm.sigreg_projections=32",
     "train.batch_size=8", "train.val_batches=1",
 ]
+
+
+def pusht_data_config(**changes: Any) -> Any:
+    """A `DataConfig` for small test datasets: params.yaml's `data.pusht` (the dataclasses hold no
+    defaults of their own) with the expert at its own default speeds, one worker, and `changes`."""
+    from lewm.config import load_params
+
+    base = dataclasses.replace(load_params().data["pusht"], policy_kwargs={}, workers=1)
+    return dataclasses.replace(base, **changes)
 
 
 @pytest.fixture
@@ -23,7 +35,8 @@ def tiny_model() -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_model_config():
-    """The same tiny architecture as a ModelConfig, for tests that build checkpoints directly."""
+    """The same tiny architecture as a ModelConfig (`name` + `settings`), for tests that build models or
+    checkpoints directly."""
     from lewm.config import load_params
 
     return load_params(overrides=_TINY_MODEL).model
@@ -55,8 +68,8 @@ def prefect_harness() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_pusht(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small Push-T dataset (10 episodes of 40 steps at 32 px; 2 val and 1 test episode), made once."""
-    from lewm.config import DataConfig
     from lewm.data.generate import generate_dataset
 
-    cfg = DataConfig(episodes=10, max_steps=40, image_size=32, seed=1, val_fraction=0.2, test_fraction=0.1)
+    cfg = pusht_data_config(episodes=10, max_steps=40, image_size=32, seed=1, val_fraction=0.2,
+                            test_fraction=0.1)
     return generate_dataset("pusht", cfg, tmp_path_factory.mktemp("data") / "pusht", progress=False)

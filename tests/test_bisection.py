@@ -182,17 +182,18 @@ def test_tiny_search_end_to_end(tiny_pusht, tiny_model, mlflow_store, tmp_path):
     trace and plot written and logged, the best model registered as champion; a re-run is all cache."""
     import mlflow
 
+    from lewm.lambda_trials import run_search
     from lewm.registry import champion_version, load_champion
-    from pipelines.bisect import bisect_stage
 
     overrides = [*tiny_model, "bisect.trials=2", "bisect.train_steps=3", "bisect.val_episodes=2",
-                 "plan.samples=8", "plan.elites=2", "plan.iterations=2", "plan.horizon=2", "plan.receding=2",
+                 "plan.cem.samples=8", "plan.cem.elites=2", "plan.cem.iterations=2", "plan.horizon=2",
+                 "plan.receding=2",
                  "eval.budget=6", "eval.goal_offset=10", "train.val_every=3",
                  "tracking.experiment=bisect-test",
                  # a 3-step model has not left its initial scale yet: test the plumbing, not the criterion
                  "bisect.min_emb_std=0.0", "bisect.min_effective_rank_fraction=0.0"]
     out = tmp_path / "bisect"
-    outcome = bisect_stage("pusht", overrides=overrides, data_dir=tiny_pusht, out_dir=out)
+    outcome = run_search("pusht", overrides=overrides, data_dir=tiny_pusht, out_dir=out)
 
     table = pd.read_parquet(out / "search.parquet")
     assert len(table) == 2 and not table["cached"].any()
@@ -210,7 +211,7 @@ def test_tiny_search_end_to_end(tiny_pusht, tiny_model, mlflow_store, tmp_path):
         child = client.get_run(run_id)
         assert child.data.tags["mlflow.parentRunId"] == outcome.parent_run_id
         assert "val_plan/reference.success_rate" in child.data.metrics
-        assert float(child.data.params["train.lambda"]) in set(table["lambda"])
+        assert float(child.data.params["model.lewm.lambda"]) in set(table["lambda"])
 
     name = "lewm-pusht"
     best = outcome.result.best
@@ -219,7 +220,7 @@ def test_tiny_search_end_to_end(tiny_pusht, tiny_model, mlflow_store, tmp_path):
     model = load_champion(name)
     assert hasattr(model, "encode") and not model.training
 
-    again = bisect_stage("pusht", overrides=overrides, data_dir=tiny_pusht, out_dir=out)
+    again = run_search("pusht", overrides=overrides, data_dir=tiny_pusht, out_dir=out)
     assert all(t.cached for t in again.result.trials)
     assert [t.run_id for t in again.result.trials] == list(table["run_id"])
     assert again.model_version == outcome.model_version  # the same run keeps its registered version
@@ -231,14 +232,16 @@ def test_parallel_flow_matches_the_sequential_search(tiny_pusht, tiny_model, mlf
     """`bisect.parallel=2` runs a round's trials in two worker processes through Prefect's process pool;
     the search takes the same path and measures the same values as the sequential run (up to float
     summation order: a worker uses 1 torch thread here, the sequential run 2)."""
-    from pipelines.bisect import bisect_flow, bisect_stage
+    from lewm.lambda_trials import run_search
+    from pipelines.bisect import bisect_flow
 
     overrides = [*tiny_model, "bisect.trials=3", "bisect.train_steps=3", "bisect.val_episodes=2",
-                 "plan.samples=8", "plan.elites=2", "plan.iterations=2", "plan.horizon=2", "plan.receding=2",
+                 "plan.cem.samples=8", "plan.cem.elites=2", "plan.cem.iterations=2", "plan.horizon=2",
+                 "plan.receding=2",
                  "eval.budget=6", "eval.goal_offset=10", "train.val_every=3",
                  "bisect.min_emb_std=0.0", "bisect.min_effective_rank_fraction=0.0"]
-    sequential = bisect_stage("pusht", overrides=overrides, data_dir=tiny_pusht, out_dir=tmp_path / "seq",
-                              track=False)
+    sequential = run_search("pusht", overrides=overrides, data_dir=tiny_pusht, out_dir=tmp_path / "seq",
+                            track=False)
     summary = bisect_flow("pusht", overrides=[*overrides, "bisect.parallel=2"], data_dir=str(tiny_pusht),
                           out_dir=str(tmp_path / "par"), track=False)
     parallel = pd.read_parquet(summary["table"])
@@ -258,3 +261,36 @@ def test_collapse_is_detected_by_rank_or_by_scale():
     assert is_collapsed(0.01, 0.8, 0.1, **thresholds)  # embeddings on a few directions
     assert is_collapsed(0.3, 0.8, float("nan"), **thresholds)  # diverged
     assert is_collapsed(0.3, float("nan"), 0.1, **thresholds)  # no std measured: not trusted as healthy
+
+
+# --------------------------------------------------------------------------------------- trial keys
+
+
+def test_trial_key_is_equal_for_equal_params_and_changes_with_lambda_or_data():
+    """Cached trials are found under the training fingerprint extended by what the trial evaluates."""
+    from lewm.config import load_params
+    from lewm.lambda_trials import trial_key
+
+    def key(*overrides: str, data: str = "dataset-a") -> str:
+        return trial_key(load_params(overrides=list(overrides)), "pusht", data)
+
+    base = key("model.lewm.lambda=0.09")
+    assert key("model.lewm.lambda=0.09") == base and len(base) == 16
+    assert key("model.lewm.lambda=0.09", "train.log_every=7") == base  # execution-only: same result
+    assert key("model.lewm.lambda=0.1") != base
+    assert key("model.lewm.lambda=0.09", data="dataset-b") != base
+    assert key("model.lewm.lambda=0.09", "plan.cem.samples=17") != base  # the evaluation is part of it
+    assert key("model.lewm.lambda=0.09", "bisect.val_episodes=3") != base
+
+
+def test_trial_params_override_the_models_lambda_and_the_run_length(tmp_path):
+    from lewm.lambda_trials import SearchSetup
+
+    setup = SearchSetup(env="pusht", params_path=None, overrides=("bisect.train_steps=7", "bisect.seed=4",
+                                                                  "train.plan_eval_every=5"),
+                        data_dir=str(tmp_path), out_dir=str(tmp_path / "out"),
+                        manifest_path=str(tmp_path / "val.parquet"), parent_run_id=None)
+    params = setup.trial_params(0.25)
+    assert params.model.name == "lewm" and params.model.settings.lambda_ == 0.25
+    assert (params.train.max_steps, params.train.seed, params.train.plan_eval_every) == (7, 4, 0)
+    assert setup.trials_dir == tmp_path / "out" / "trials"

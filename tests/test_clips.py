@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lewm.config import ClipConfig
-from lewm.data.clips import ActionStats, ClipDataset, clip_index
+from lewm.data.clips import ActionStats, ClipDataset, clip_index, strided_trajectories
 from lewm.data.storage import EpisodeRecord, EpisodeStore, write_dataset
 
 CLIP = ClipConfig(history=3, num_preds=1, frameskip=5)  # T = 4 frames, span = 20 raw steps
@@ -133,3 +133,13 @@ def test_batches_collate(store: EpisodeStore) -> None:
     batch = next(iter(loader))
     assert batch["pixels"].shape == (4, 4, 3, 4, 4) and batch["actions"].shape == (4, 4, 10)
     assert batch["episode"].tolist() == [0, 2, 2, 2] and batch["start"].tolist() == [0, 0, 1, 2]
+
+
+def test_strided_trajectories_stack_split_episodes_cut_to_the_shortest(store: EpisodeStore) -> None:
+    trajectories = strided_trajectories(store, frameskip=5, split="train")  # episodes 0, 2, 3
+    shortest = min(len(range(0, LENGTHS[ep], 5)) for ep in SPLITS["train"])  # 21 frames → 5
+    assert trajectories.shape == (3, shortest, 3, 4, 4) and trajectories.dtype == torch.uint8
+    assert trajectories[:, :, 1, 0, 0].tolist() == [[ep] * shortest for ep in SPLITS["train"]]
+    assert trajectories[0, :, 0, 0, 0].tolist() == [0, 5, 10, 15, 20]  # every 5th step from the start
+    assert strided_trajectories(store, frameskip=5, max_episodes=2, split="train").shape[0] == 2
+    assert strided_trajectories(store, frameskip=5).shape == (1, 6, 3, 4, 4)  # val: episode 4, 26 frames

@@ -1,8 +1,10 @@
 """Evaluation protocol: held-out manifests, Wilson intervals, the summary's exclusions and per-seed spread
-(checked by hand on a tiny table), and end-to-end evaluation on a small Push-T dataset."""
+(checked by hand on a tiny table), end-to-end evaluation on a small Push-T dataset (every predicate of the
+world scored), and the planning check that selects checkpoints during training."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -13,11 +15,13 @@ import torch
 from PIL import Image
 from scipy.optimize import brentq
 
-from lewm.config import EvalConfig, ModelConfig, PlanConfig
+from lewm.checkpoint import ModelMeta, model_meta
+from lewm.config import EvalConfig, PlanConfig, load_params
 from lewm.data.clips import ActionStats
 from lewm.data.storage import EpisodeRecord, EpisodeStore, write_dataset
-from lewm.envs import make_env
+from lewm.envs import get_world, make_env
 from lewm.evaluation import (
+    PlanningCheck,
     build_manifest,
     check_manifest,
     evaluate,
@@ -28,8 +32,8 @@ from lewm.evaluation import (
     write_episode_gif,
     write_manifest,
 )
-from lewm.model import LeWM
-from lewm.planning import ZeroPolicy
+from lewm.models.lewm import LeWM
+from lewm.planning import ZeroAgent
 
 # ---------------------------------------------------------------------------------------------- manifest
 
@@ -205,20 +209,25 @@ def pusht_store(tmp_path_factory: pytest.TempPathFactory) -> EpisodeStore:
     return EpisodeStore.open(path)
 
 
-def tiny_model_and_meta(store: EpisodeStore) -> tuple[LeWM, dict]:
+def tiny_model_and_meta(store: EpisodeStore) -> tuple[LeWM, ModelMeta]:
     torch.manual_seed(0)
-    cfg = ModelConfig(patch_size=8, encoder_dim=16, encoder_depth=1, encoder_heads=2, embed_dim=16,
-                      projector_hidden=32, predictor_depth=1, predictor_heads=2, predictor_head_dim=8,
-                      predictor_mlp_dim=32)
+    cfg = dataclasses.replace(
+        load_params().model.settings, encoder="vit", patch_size=8, encoder_dim=16, encoder_depth=1,
+        encoder_heads=2, embed_dim=16, projector_hidden=32, predictor_depth=1, predictor_heads=2,
+        predictor_head_dim=8, predictor_mlp_dim=32, predictor_dropout=0.1, action_smoothed_dim=10)
     model = LeWM(cfg, IMAGE, action_dim=2, frameskip=5, history=3)
-    meta = {"env": "pusht", "image_size": IMAGE, "action_dim": 2, "frameskip": 5, "history": 3,
-            "action_stats": ActionStats.from_store(store)}
+    meta = model_meta("pusht", "lewm", cfg, IMAGE, 2, 5, 3, ActionStats.from_store(store))
     return model, meta
 
 
-EVAL = EvalConfig(episodes=3, goal_offset=5, budget=8, eval_seeds=[0, 1], predicates=["reference", "block"],
-                  gifs=1)
-PLAN = PlanConfig(samples=8, elites=2, iterations=2, horizon=2, receding=1)
+_LOADED = load_params()
+# the dataclasses hold no defaults: params.yaml's sections with the test's settings
+EVAL: EvalConfig = dataclasses.replace(_LOADED.eval, episodes=3, goal_offset=5, budget=8, seed=42,
+                                       eval_seeds=[0, 1], gifs=1)
+PLAN: PlanConfig = dataclasses.replace(
+    _LOADED.plan, solver="cem", horizon=2, receding=1, seed=42,
+    settings=dataclasses.replace(_LOADED.plan.settings, samples=8, elites=2, iterations=2, init_std=1.0,
+                                 warm_start=True))
 
 
 def test_evaluate_model_scores_lewm_and_baselines_on_the_same_pairs(pusht_store, tmp_path: Path) -> None:
@@ -249,12 +258,49 @@ def without_timing(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.drop(columns=[c for c in rows if c.startswith("plan_time")]).reset_index(drop=True)
 
 
-def test_evaluate_refuses_unknown_predicates(pusht_store) -> None:
+def test_evaluate_scores_every_predicate_of_the_world(pusht_store) -> None:
+    """The world, not a parameter, lists the predicates: each gets its columns, and so does each of the
+    world's final errors."""
     manifest = build_manifest(pusht_store, n=1, goal_offset=5, seed=0)
-    cfg = EvalConfig(budget=2, predicates=["reference", "coverage"])
+    cfg = dataclasses.replace(EVAL, budget=2, eval_seeds=[0])
+    env, agents = make_env("pusht", image_size=IMAGE), {"zero": lambda seed: ZeroAgent(2)}
+    world = get_world("pusht")
+    assert set(world.predicates) == {"reference", "block"}
+    rows = evaluate(manifest, pusht_store, env, agents, cfg)
+    for kind in ("success", "steps_to_success", "start_satisfied"):
+        assert {c.removeprefix(f"{kind}_") for c in rows if c.startswith(f"{kind}_")} == set(world.predicates)
+    errors = world.final_errors(np.zeros(7), np.zeros(7))
+    assert {c for c in rows if c.startswith("final_")} == {f"final_{name}" for name in errors}
+    rates = {k for k in summarize(rows) if k.endswith(".success_rate")}
+    assert rates == {f"zero.{p}.success_rate" for p in world.predicates}
+    # a world listing a predicate its success function does not know is refused by name
+    broken = dataclasses.replace(world, predicates=("reference", "coverage"))
     with pytest.raises(ValueError, match="coverage"):
-        evaluate(manifest, pusht_store, make_env("pusht", image_size=IMAGE),
-                 {"zero": lambda seed: ZeroPolicy(2)}, cfg)
+        evaluate(manifest, pusht_store, env, agents, cfg, world=broken)
+
+
+def test_planning_check_reports_val_success_rates_and_selects_on_the_headline(pusht_store) -> None:
+    params = load_params(overrides=["train.plan_eval_episodes=2", "eval.budget=4", "eval.eval_seeds=[0]",
+                                    "plan.cem.samples=8", "plan.cem.elites=2", "plan.cem.iterations=1",
+                                    "plan.horizon=2", "plan.receding=1"])
+    manifest = build_manifest(pusht_store, n=3, goal_offset=5, seed=0)
+    model, meta = tiny_model_and_meta(pusht_store)
+    check = PlanningCheck(params, pusht_store, manifest)
+    assert check.headline == get_world("pusht").headline == "reference"
+    metrics = check(model, meta)
+    assert set(metrics) == {"val/plan_reference.success_rate", "val/plan_block.success_rate"}
+    _, summary = evaluate_model(model, meta, manifest, pusht_store, params.plan, params.eval, episodes=2,
+                                baselines=())
+    assert summary["lewm.reference.n"] + summary["lewm.reference.excluded"] == 2  # the first 2 pairs only
+    for predicate in ("reference", "block"):
+        np.testing.assert_equal(metrics[f"val/plan_{predicate}.success_rate"],
+                                summary[f"lewm.{predicate}.success_rate"])
+    # the headline predicate alone decides; only a strictly better, defined rate is a new best
+    assert check.is_best({"val/plan_reference.success_rate": 0.5, "val/plan_block.success_rate": 0.0})
+    assert not check.is_best({"val/plan_reference.success_rate": 0.5, "val/plan_block.success_rate": 1.0})
+    assert not check.is_best({"val/plan_reference.success_rate": float("nan")})
+    assert not check.is_best({"val/plan_block.success_rate": 1.0})
+    assert check.is_best({"val/plan_reference.success_rate": 0.75}) and check.best == 0.75
 
 
 def test_episode_gif_shows_observation_and_goal_side_by_side(tmp_path: Path) -> None:

@@ -12,14 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import pusht_data_config
 
-from lewm.config import PROJECT_ROOT, ClipConfig, DataConfig
+from lewm.config import PROJECT_ROOT, ClipConfig
 from lewm.data.clips import ClipDataset
 from lewm.data.generate import check_config, episode_seeds, generate_dataset, split_episodes
 from lewm.data.storage import EpisodeStore
 from lewm.envs import make_env
 
-SMALL = DataConfig(episodes=4, max_steps=30, image_size=64, seed=7, val_fraction=0.25, test_fraction=0.25)
+SMALL = pusht_data_config(episodes=4, max_steps=30, image_size=64, seed=7, val_fraction=0.25,
+                          test_fraction=0.25)
 RUN_SPECIFIC = ("created", "generation_seconds", "workers")  # manifest keys allowed to differ
 
 
@@ -119,7 +121,7 @@ def test_episode_seeds_depend_on_seed_and_index_only() -> None:
 
 
 def test_config_errors_are_listed_together() -> None:
-    bad = DataConfig(episodes=0, workers=-1, val_fraction=0.6, test_fraction=0.5, action_noise=-1)
+    bad = pusht_data_config(episodes=0, workers=-1, val_fraction=0.6, test_fraction=0.5, action_noise=-1)
     with pytest.raises(ValueError) as info:
         check_config(bad, section="data.pusht")
     for problem in (

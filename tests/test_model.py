@@ -1,18 +1,30 @@
-"""LeWM model and loss: shapes, causality, AdaLN-zero init, rollout semantics, gradient paths and the
-paper's parameter counts (reference §2, §4, §8.1)."""
+"""LeWM model and loss: shapes, causality, AdaLN-zero init, rollout semantics, gradient paths, the
+paper's parameter counts (reference §2, §4, §8.1), and LeWM as a `WorldModel` (lewm/models/)."""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lewm.config import ModelConfig
-from lewm.losses import lewm_loss, prediction_loss
-from lewm.model import LeWM
-from lewm.sigreg import SIGReg
+from lewm.config import ConfigError, load_params
+from lewm.models import WorldModel, goal_distance_cost
+from lewm.models.lewm import Config, LeWM, Model
 
-TINY = ModelConfig(
+PAPER: Config = load_params(overrides=["profile=paper"]).model.settings
+"""The paper's architecture (reference §2.4), as params.yaml's `paper` profile sets it."""
+
+
+def lewm_config(**changes: Any) -> Config:
+    """The paper's settings with `changes` (the old ModelConfig defaults were the paper's widths)."""
+    return dataclasses.replace(PAPER, **changes)
+
+
+TINY = lewm_config(
+    encoder="vit",
     patch_size=8,
     encoder_dim=32,
     encoder_depth=1,
@@ -23,12 +35,14 @@ TINY = ModelConfig(
     predictor_heads=2,
     predictor_head_dim=16,
     predictor_mlp_dim=64,
+    predictor_dropout=0.1,
+    action_smoothed_dim=10,
 )
 IMAGE, ACTION_DIM, FRAMESKIP, HISTORY = 32, 2, 5, 3
 BLOCK = ACTION_DIM * FRAMESKIP
 
 
-def _model(cfg: ModelConfig = TINY, activate_conditioning: bool = False) -> LeWM:
+def _model(cfg: Config = TINY, activate_conditioning: bool = False) -> LeWM:
     """A tiny LeWM; `activate_conditioning` randomises the zero-initialised AdaLN modulation so that
     attention and actions actually influence the predictions (at init every block is the identity)."""
     torch.manual_seed(0)
@@ -71,7 +85,7 @@ def test_encode_and_predict_reject_bad_inputs() -> None:
     with pytest.raises(ValueError, match="T ≤ 3"):
         model.predict(torch.zeros(2, HISTORY + 1, TINY.embed_dim), torch.zeros(2, HISTORY + 1, BLOCK))
     with pytest.raises(ValueError, match="unknown encoder"):
-        LeWM(ModelConfig(encoder="mlp"), IMAGE, ACTION_DIM, FRAMESKIP, HISTORY)
+        LeWM(lewm_config(encoder="mlp"), IMAGE, ACTION_DIM, FRAMESKIP, HISTORY)
 
 
 def test_pixels_are_normalised_inside_encode() -> None:
@@ -142,13 +156,13 @@ def test_rollout_broadcasts_one_context_over_candidates() -> None:
 
 
 def test_resnet_encoder_option() -> None:
-    model = _model(ModelConfig(encoder="resnet", embed_dim=32, projector_hidden=64, predictor_depth=1)).eval()
+    model = _model(lewm_config(encoder="resnet", embed_dim=32, projector_hidden=64, predictor_depth=1)).eval()
     assert model.encoder.feature_dim == 512
     assert model.encode(_batch(batch=2)["pixels"]).shape == (2, HISTORY + 1, 32)
 
 
 def test_loss_reaches_the_encoder_through_context_and_target() -> None:
-    model = _model().train()
+    model = _model(dataclasses.replace(TINY, lambda_=0.1, sigreg_projections=32)).train()
     projected: dict[str, torch.Tensor] = {}
 
     def keep_projector_output(_module: torch.nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
@@ -156,7 +170,7 @@ def test_loss_reaches_the_encoder_through_context_and_target() -> None:
         projected["z"] = output
 
     model.projector.register_forward_hook(keep_projector_output)
-    out = lewm_loss(model, _batch(), SIGReg(num_projections=32), lambda_=0.1)
+    out = model(_batch())
     assert set(out) == {"total", "pred", "sigreg", "embeddings"}
     torch.testing.assert_close(out["total"], out["pred"] + 0.1 * out["sigreg"])
     assert not out["embeddings"].requires_grad
@@ -173,16 +187,22 @@ def test_loss_reaches_the_encoder_through_context_and_target() -> None:
 
 
 def test_prediction_loss_is_elementwise_mse() -> None:
-    pred, target = torch.randn(4, 3, 8), torch.randn(4, 3, 8)
-    torch.testing.assert_close(prediction_loss(pred, target), F.mse_loss(pred, target))
+    """The `pred` term of the model's loss is the element-wise MSE between the teacher-forced predictions
+    and the embeddings `num_preds` frames later (target not detached)."""
+    model = _model(activate_conditioning=True).eval()
+    batch = _batch(frames=HISTORY + 2)  # num_preds = 2
+    out = model(batch)
+    z = model.encode(batch["pixels"])
+    pred = model.predict(z[:, :HISTORY], batch["actions"][:, :HISTORY])
+    torch.testing.assert_close(out["pred"], F.mse_loss(pred, z[:, 2:]))
+    assert out["pred"].requires_grad
 
 
 def test_paper_config_parameter_counts() -> None:
     """Reference §2.4. timm's VisionTransformer with global_pool="token" and num_classes=0 has exactly the
     HF ViTModel's parameters without its pooler (patch embed 113,088 + CLS 192 + positions 257×192 +
     12 × 444,864 + final LayerNorm 384), so every count matches the reference."""
-    paper = ModelConfig(patch_size=14, encoder_depth=12)
-    counts = LeWM(paper, image_size=224, action_dim=2, frameskip=5, history=3).num_parameters()
+    counts = LeWM(PAPER, image_size=224, action_dim=2, frameskip=5, history=3).num_parameters()
     assert counts == {
         "encoder": 5_501_376,
         "projector": 792_768,
@@ -191,3 +211,55 @@ def test_paper_config_parameter_counts() -> None:
         "action_encoder": 156_206,
         "total": 18_034_478,
     }
+
+
+# ------------------------------------------------------------------------------------ LeWM as a WorldModel
+
+
+def test_lewm_provides_the_world_model_interface() -> None:
+    model: WorldModel = _model()
+    assert Model is LeWM
+    assert (model.image_size, model.action_dim, model.frameskip, model.history) == (
+        IMAGE, ACTION_DIM, FRAMESKIP, HISTORY)
+    for method in ("encode", "predict", "rollout", "planning_cost", "num_parameters"):
+        assert callable(getattr(model, method)), method
+    assert set(model(_batch())) == {"pred", "sigreg", "total", "embeddings"}
+
+
+def test_planning_cost_returns_one_cost_per_candidate() -> None:
+    model = _model(activate_conditioning=True).eval()
+    generator = torch.Generator().manual_seed(2)
+    z_context, z_goal = torch.randn(1, TINY.embed_dim, generator=generator), torch.randn(TINY.embed_dim)
+    candidates = torch.randn(6, 4, BLOCK, generator=generator)
+    costs = model.planning_cost(z_context, z_goal)(candidates)
+    with torch.no_grad():
+        expected = ((model.rollout(z_context, candidates)[:, -1] - z_goal) ** 2).sum(dim=1)
+    assert costs.shape == (6,)
+    torch.testing.assert_close(costs, expected, atol=1e-5, rtol=1e-5)
+    # the goal may carry a batch axis, and LeWM's cost is the shared goal-distance cost
+    torch.testing.assert_close(model.planning_cost(z_context, z_goal[None])(candidates), costs)
+    torch.testing.assert_close(goal_distance_cost(model, z_context, z_goal)(candidates), costs)
+    assert (costs > 0).all() and costs.unique().numel() == 6  # candidates are told apart
+
+
+def test_objective_settings_come_from_the_model_section_of_params() -> None:
+    params = load_params(overrides=["model.lewm.lambda=0.25", "model.lewm.sigreg_projections=16"])
+    assert params.model.name == "lewm" and isinstance(params.model.settings, Config)
+    settings = dataclasses.replace(params.model.settings, **{
+        f.name: getattr(TINY, f.name) for f in dataclasses.fields(Config)
+        if f.name not in ("lambda_", "sigreg_projections")})
+    assert (settings.lambda_, settings.sigreg_projections) == (0.25, 16)
+    model = _model(settings)
+    assert model.sigreg.num_projections == 16
+    out = model(_batch())
+    torch.testing.assert_close(out["total"], out["pred"] + 0.25 * out["sigreg"])
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("model.name=nope", "model.name"),
+    ("model.lewm.lamda=0.1", "model.lewm.lamda"),
+    ("model.lewm.encoder_depth=two", "model.lewm.encoder_depth"),
+])
+def test_bad_model_parameters_fail_naming_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_params(overrides=[override])

@@ -1,32 +1,56 @@
-"""Planning: CEM on known optima, its sampling rules, seeding and warm start; the latent goal cost; the MPC
-loop on a point world whose model is exact (so success is guaranteed) and on Push-T (floor baselines)."""
+"""Planning: CEM on known optima, its sampling rules, seeding and warm start; solver choice by `plan.solver`;
+the world model's goal cost (one vector per frame, or patch tokens); the MPC loop on a point world whose
+model is exact (so success is guaranteed) and on Push-T (floor baselines)."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from lewm.config import ModelConfig, PlanConfig
+from lewm.checkpoint import ModelMeta
+from lewm.config import ConfigError, PlanConfig, load_params
 from lewm.data.clips import ActionStats
-from lewm.envs import make_env
-from lewm.model import LeWM
+from lewm.envs import get_world, make_env
+from lewm.models import CostFn, goal_distance_cost
+from lewm.models.lewm import LeWM
 from lewm.planning import (
-    CEMPlanner,
-    LatentMPCPolicy,
-    PlanResult,
-    RandomPolicy,
-    ZeroPolicy,
-    cem_plan,
-    latent_goal_cost,
+    BASELINES,
+    LatentMPCAgent,
+    RandomAgent,
+    ZeroAgent,
+    baseline_agents,
+    make_solver,
     run_episode,
-    shift_plan,
 )
+from lewm.solvers import PlanResult, cem
+from lewm.solvers.cem import cem_plan, shift_plan
 
-SMALL = PlanConfig(samples=64, elites=8, iterations=6, horizon=3, receding=2, init_std=1.0, seed=7)
+_LOADED_PLAN: PlanConfig = load_params().plan
+
+
+def plan_config(horizon: int, receding: int, seed: int, **cem_settings: Any) -> PlanConfig:
+    """A CEM `PlanConfig` (params.yaml's `plan`, the dataclasses hold no defaults) with the given MPC and
+    `plan.cem` settings."""
+    settings = dataclasses.replace(_LOADED_PLAN.settings, **cem_settings)
+    return dataclasses.replace(_LOADED_PLAN, solver="cem", horizon=horizon, receding=receding, seed=seed,
+                               settings=settings)
+
+
+def changed(cfg: PlanConfig, **changes: Any) -> PlanConfig:
+    """`cfg` with `changes` applied to the MPC fields (`horizon`, `receding`, ...) or the CEM settings."""
+    plan_fields = {f.name for f in dataclasses.fields(PlanConfig)}
+    cem_changes = {k: v for k, v in changes.items() if k not in plan_fields}
+    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if k in plan_fields},
+                               settings=dataclasses.replace(cfg.settings, **cem_changes))
+
+
+SMALL = plan_config(horizon=3, receding=2, seed=7, samples=64, elites=8, iterations=6, init_std=1.0,
+                    warm_start=True)
 
 
 def quadratic_cost(target: torch.Tensor):
@@ -42,15 +66,16 @@ def seeded(seed: int = 0) -> torch.Generator:
 
 
 def test_cem_finds_the_optimum_of_a_quadratic_and_improves_over_iterations() -> None:
-    cfg = PlanConfig(samples=300, elites=30, iterations=30, horizon=5)
+    cfg = cem.Config(samples=300, elites=30, iterations=30, init_std=1.0, warm_start=True)
     target = torch.linspace(-1.5, 1.5, 5 * 4).reshape(5, 4)
-    result = cem_plan(quadratic_cost(target), cfg, block_dim=4, generator=seeded())
+    result = cem_plan(quadratic_cost(target), cfg, horizon=5, block_dim=4, generator=seeded())
     assert result.plan.shape == (5, 4)
     assert (result.plan - target).abs().max() < 0.05
     costs = np.array(result.elite_costs)
     assert len(costs) == 30 and costs[-1] < 1e-3 * costs[0]
     assert np.all(np.diff(costs) <= 0.05 * costs[:-1])  # monotonic up to sampling noise
-    assert result.final_cost == costs[-1]
+    # the plan (the elites' mean) costs no more than the elites do on average: the cost is convex
+    assert quadratic_cost(target)(result.plan[None]).item() <= costs[-1]
     assert all(best <= elite for best, elite in zip(result.best_costs, costs, strict=True))
 
 
@@ -62,14 +87,14 @@ def test_candidate_zero_is_the_mean_and_the_cost_is_one_batched_call_per_iterati
         return candidates.pow(2).sum(dim=(1, 2))
 
     init = torch.full((SMALL.horizon, 4), 0.3)
-    result = cem_plan(cost, SMALL, block_dim=4, generator=seeded(), init_mean=init)
-    assert len(seen) == SMALL.iterations
-    assert all(c.shape == (SMALL.samples, SMALL.horizon, 4) for c in seen)
+    result = cem_plan(cost, SMALL.settings, SMALL.horizon, block_dim=4, generator=seeded(), init_mean=init)
+    assert len(seen) == SMALL.settings.iterations
+    assert all(c.shape == (SMALL.settings.samples, SMALL.horizon, 4) for c in seen)
     assert torch.equal(seen[0][0], init)
     for before, after in itertools.pairwise(seen):
-        elites = before[cost_order(before)[: SMALL.elites]]
+        elites = before[cost_order(before)[: SMALL.settings.elites]]
         assert torch.allclose(after[0], elites.mean(dim=0))
-    last_elites = seen[-1][cost_order(seen[-1])[: SMALL.elites]]
+    last_elites = seen[-1][cost_order(seen[-1])[: SMALL.settings.elites]]
     assert torch.allclose(result.plan, last_elites.mean(dim=0))
 
 
@@ -84,11 +109,11 @@ def test_std_update_is_the_unbiased_std_of_the_elites() -> None:
         seen.append(candidates.clone())
         return candidates.pow(2).sum(dim=(1, 2))
 
-    cfg = dataclasses.replace(SMALL, iterations=2)
-    cem_plan(cost, cfg, block_dim=2, generator=seeded(3))
-    elites = seen[0][cost_order(seen[0])[: cfg.elites]]
+    cfg = changed(SMALL, iterations=2)
+    cem_plan(cost, cfg.settings, cfg.horizon, block_dim=2, generator=seeded(3))
+    elites = seen[0][cost_order(seen[0])[: cfg.settings.elites]]
     mean, std = elites.mean(dim=0), elites.std(dim=0, unbiased=True)
-    noise = torch.randn((cfg.samples, cfg.horizon, 2), generator=_second_draw(cfg, 2, seed=3))
+    noise = torch.randn((cfg.settings.samples, cfg.horizon, 2), generator=_second_draw(cfg, 2, seed=3))
     expected = mean + std * noise
     expected[0] = mean
     assert torch.allclose(seen[1], expected, atol=1e-6)
@@ -97,13 +122,13 @@ def test_std_update_is_the_unbiased_std_of_the_elites() -> None:
 def _second_draw(cfg: PlanConfig, block_dim: int, seed: int) -> torch.Generator:
     """A generator positioned where CEM's second iteration samples from."""
     generator = seeded(seed)
-    torch.randn((cfg.samples, cfg.horizon, block_dim), generator=generator)
+    torch.randn((cfg.settings.samples, cfg.horizon, block_dim), generator=generator)
     return generator
 
 
 def test_same_seed_same_plan_and_different_seed_different_plan() -> None:
     target = torch.ones(SMALL.horizon, 4)
-    plans = [CEMPlanner(SMALL, 4, seed=seed).solve(quadratic_cost(target)).plan for seed in (1, 1, 2)]
+    plans = [make_solver(SMALL, 4, seed=seed).solve(quadratic_cost(target)).plan for seed in (1, 1, 2)]
     assert torch.equal(plans[0], plans[1])
     assert not torch.equal(plans[0], plans[2])
 
@@ -121,29 +146,60 @@ def test_planner_warm_starts_from_the_shifted_previous_plan() -> None:
         first_candidates.append(candidates[0].clone())
         return (candidates - 0.5).pow(2).sum(dim=(1, 2))
 
-    cfg = dataclasses.replace(SMALL, iterations=1)
-    planner = CEMPlanner(cfg, 4)
+    cfg = changed(SMALL, iterations=1)
+    planner = make_solver(cfg, 4, cfg.seed)
     plan = planner.solve(cost).plan
     planner.solve(cost)
     assert torch.equal(first_candidates[1], shift_plan(plan, cfg.receding))
     planner.reset()
     planner.solve(cost)
     assert torch.equal(first_candidates[2], torch.zeros(cfg.horizon, 4))
-    cold = CEMPlanner(dataclasses.replace(cfg, warm_start=False), 4)
+    cold = make_solver(changed(cfg, warm_start=False), 4, cfg.seed)
     cold.solve(cost), cold.solve(cost)
     assert torch.equal(first_candidates[-1], torch.zeros(cfg.horizon, 4))
 
 
 @pytest.mark.parametrize("change", [{"elites": 1}, {"elites": 65}, {"receding": 4}, {"iterations": 0},
-                                    {"init_std": 0.0}])
+                                    {"init_std": 0.0}, {"horizon": 0}])
 def test_invalid_plan_config_is_rejected(change: dict) -> None:
-    with pytest.raises(ValueError, match="plan"):
-        CEMPlanner(dataclasses.replace(SMALL, **change), 4)
+    key = next(iter(change))
+    with pytest.raises(ValueError, match=rf"plan\.(cem\.)?{key}"):
+        make_solver(changed(SMALL, **change), 4, SMALL.seed)
 
 
 def test_a_cost_of_the_wrong_shape_is_rejected() -> None:
     with pytest.raises(ValueError, match="cost_fn returned shape"):
-        cem_plan(lambda c: c.sum(dim=2), SMALL, 4, seeded())
+        cem_plan(lambda c: c.sum(dim=2), SMALL.settings, SMALL.horizon, 4, seeded())
+
+
+# ------------------------------------------------------------------------------------------ solver choice
+
+
+def test_make_solver_builds_the_solver_named_by_plan_solver_with_its_settings() -> None:
+    params = load_params(overrides=["plan.solver=cem", "plan.cem.samples=16", "plan.cem.elites=3",
+                                    "plan.horizon=4", "plan.receding=2"])
+    solver = make_solver(params.plan, block_dim=6, seed=0)
+    assert isinstance(solver, cem.Solver)
+    assert (solver.cfg.samples, solver.cfg.elites, solver.horizon, solver.receding, solver.block_dim) == (
+        16, 3, 4, 2, 6)
+    result = solver.solve(lambda c: c.pow(2).sum(dim=(1, 2)))
+    assert result.plan.shape == (4, 6) and len(result.elite_costs) == params.plan.settings.iterations
+
+
+def test_make_solver_rejects_an_unknown_solver_naming_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown solver 'nope' \(known: .*cem"):
+        make_solver(dataclasses.replace(SMALL, solver="nope"), 4, seed=0)
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("plan.solver=nope", "plan.solver"),
+    ("plan.cem.sample=10", "plan.cem.sample"),
+    ("plan.samples=10", "plan.samples"),  # CEM settings moved under plan.cem
+    ("plan.cem.warm_start=maybe", "plan.cem.warm_start"),
+])
+def test_bad_plan_parameters_fail_at_load_naming_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_params(overrides=[override])
 
 
 # ------------------------------------------------------------------------------------------ latent cost
@@ -151,23 +207,69 @@ def test_a_cost_of_the_wrong_shape_is_rejected() -> None:
 
 def test_latent_goal_cost_is_the_summed_squared_distance_of_the_last_imagined_embedding() -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(patch_size=8, encoder_dim=32, encoder_depth=1, encoder_heads=2, embed_dim=16,
-                      projector_hidden=32, predictor_depth=1, predictor_heads=2, predictor_head_dim=8,
-                      predictor_mlp_dim=32)
+    cfg = dataclasses.replace(
+        load_params().model.settings, encoder="vit", patch_size=8, encoder_dim=32, encoder_depth=1,
+        encoder_heads=2, embed_dim=16, projector_hidden=32, predictor_depth=1, predictor_heads=2,
+        predictor_head_dim=8, predictor_mlp_dim=32)
     model = LeWM(cfg, 16, action_dim=2, frameskip=5, history=3).eval()
     z_context, z_goal = torch.randn(1, 16), torch.randn(16)
     candidates = torch.randn(7, 4, 10)
-    costs = latent_goal_cost(model, z_context, z_goal)(candidates)
+    costs = model.planning_cost(z_context, z_goal)(candidates)
     with torch.no_grad():
         expected = ((model.rollout(z_context, candidates)[:, -1] - z_goal) ** 2).sum(dim=1)
     assert costs.shape == (7,) and torch.allclose(costs, expected, atol=1e-5)
     assert torch.is_inference(costs)
 
 
+class TokenModel(torch.nn.Module):
+    """A linear world model whose latent is N patch tokens of width D, `(N, D)` per frame: every action
+    block adds `block @ weight` to the tokens."""
+
+    def __init__(self, tokens: int = 3, dim: int = 2, block_dim: int = 4) -> None:
+        super().__init__()
+        self.tokens, self.dim = tokens, dim
+        self.weight = torch.nn.Parameter(torch.randn(block_dim, tokens * dim, generator=seeded(11)))
+
+    def rollout(self, z_context: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """`(1, N, D)` and `(S, H, block_dim)` → `(S, H, N, D)`."""
+        steps = (blocks @ self.weight).reshape(*blocks.shape[:2], self.tokens, self.dim)
+        return z_context.reshape(1, 1, self.tokens, self.dim) + steps.cumsum(dim=1)
+
+
+def test_patch_token_latents_get_one_cost_per_candidate_and_plan_with_cem() -> None:
+    model = TokenModel()
+    z_context = torch.randn(1, 3, 2, generator=seeded(1))
+    with torch.no_grad():  # a reachable goal: the tokens after two known blocks
+        z_goal = model.rollout(z_context, torch.linspace(-1, 1, 8).reshape(1, 2, 4))[0, -1]
+    cost = goal_distance_cost(model, z_context, z_goal)
+    candidates = torch.randn(5, 2, 4, generator=seeded(2))
+    costs = cost(candidates)
+    with torch.no_grad():
+        imagined = model.rollout(z_context, candidates)[:, -1]
+    assert costs.shape == (5,)
+    torch.testing.assert_close(costs, (imagined - z_goal).pow(2).sum(dim=(1, 2)))
+    torch.testing.assert_close(goal_distance_cost(model, z_context, z_goal[None])(candidates), costs)
+
+    cfg = cem.Config(samples=200, elites=20, iterations=20, init_std=1.0, warm_start=True)
+
+    def per_token(candidates: torch.Tensor) -> torch.Tensor:
+        """The reduction over the last axis only: one cost per token, (S, N)."""
+        return (model.rollout(z_context, candidates)[:, -1] - z_goal).pow(2).sum(dim=-1)
+
+    with pytest.raises(ValueError, match=r"cost_fn returned shape \(200, 3\)"):
+        cem_plan(per_token, cfg, 2, 4, seeded())
+    result = cem_plan(cost, cfg, horizon=2, block_dim=4, generator=seeded())
+    assert result.plan.shape == (2, 4)
+    assert result.best_costs[-1] < 1e-3 * result.best_costs[0]
+    with torch.no_grad():
+        reached = model.rollout(z_context, result.plan[None])[0, -1]
+    assert (reached - z_goal).abs().max() < 0.05
+
+
 # ------------------------------------------------------------------------------------ MPC on a point world
 
 STEP_SIZE = 5.0  # the point moves STEP_SIZE · action per env step
-PREDICATES = ("near", "x")  # module-level, as the env contract: run_episode finds them next to the env class
+PREDICATES = ("near", "x")  # the point world's predicates, scored by `success` (passed to run_episode)
 
 
 def success(state: np.ndarray, goal_state: np.ndarray, predicate: str) -> bool:
@@ -209,7 +311,8 @@ class PointEnv:
 
 STATS = ActionStats(np.array([0.2, -0.1]), np.array([0.5, 0.4]))
 FRAMESKIP = 2
-META = {"action_stats": STATS, "frameskip": FRAMESKIP, "action_dim": 2, "image_size": 4}
+META = ModelMeta(env="point", model="point", settings={}, image_size=4, action_dim=2, frameskip=FRAMESKIP,
+                 history=1, action_stats=STATS)
 
 
 class PointWorldModel(torch.nn.Module):
@@ -226,12 +329,16 @@ class PointWorldModel(torch.nn.Module):
         raw = STATS.denormalize(blocks).clamp(-1, 1).reshape(*blocks.shape[:2], FRAMESKIP, 2)
         return z_context.reshape(1, 1, 2) + STEP_SIZE * raw.sum(dim=2).cumsum(dim=1)
 
+    def planning_cost(self, z_context: torch.Tensor, z_goal: torch.Tensor) -> CostFn:
+        return goal_distance_cost(self, z_context, z_goal)
+
 
 def test_mpc_reaches_the_goal_and_stops_once_every_predicate_held() -> None:
     env, start, goal = PointEnv(), np.array([20.0, 20.0]), np.array([42.0, 31.0])
-    policy = LatentMPCPolicy(PointWorldModel(), META, SMALL, seed=0)
+    agent = LatentMPCAgent(PointWorldModel(), META, SMALL, seed=0)
     goal_pixels = PointEnv().set_state(goal)["pixels"]
-    result = run_episode(env, policy, start, goal, goal_pixels, budget=40, predicates=PREDICATES)
+    result = run_episode(env, agent, start, goal, goal_pixels, budget=40, predicates=PREDICATES,
+                         success_fn=success)
     assert result.success("near") and result.success("x")
     assert 0 < result.first_success["x"] <= result.first_success["near"] == result.steps < 40
     assert np.linalg.norm(result.final_state - goal) < 3.0
@@ -242,13 +349,13 @@ def test_mpc_reaches_the_goal_and_stops_once_every_predicate_held() -> None:
 
 def test_mpc_executes_the_first_receding_blocks_denormalised_and_clipped() -> None:
     env = PointEnv()
-    policy = LatentMPCPolicy(PointWorldModel(), META, SMALL, seed=0)
+    agent = LatentMPCAgent(PointWorldModel(), META, SMALL, seed=0)
     plan = torch.linspace(-3, 3, SMALL.horizon * FRAMESKIP * 2).reshape(SMALL.horizon, FRAMESKIP * 2)
-    policy.planner.solve = lambda cost_fn: PlanResult(plan, [0.0], [0.0])
+    agent.solver.solve = lambda cost_fn: PlanResult(plan, [0.0], [0.0])
     budget = SMALL.receding * FRAMESKIP
     far = np.array([250.0, 250.0])
-    result = run_episode(env, policy, np.array([10.0, 10.0]), far, np.zeros((4, 4, 3), np.uint8), budget,
-                         PREDICATES)
+    result = run_episode(env, agent, np.array([10.0, 10.0]), far, np.zeros((4, 4, 3), np.uint8), budget,
+                         PREDICATES, success)
     expected = STATS.denormalize(plan[: SMALL.receding].double().numpy()).reshape(-1, 2)
     assert result.steps == budget and len(result.solve_times) == 1
     np.testing.assert_allclose(np.array(env.executed), np.clip(expected, -1, 1), rtol=1e-6)
@@ -256,13 +363,50 @@ def test_mpc_executes_the_first_receding_blocks_denormalised_and_clipped() -> No
 
 
 def test_a_start_that_already_satisfies_every_predicate_ends_at_step_zero() -> None:
-    result = run_episode(PointEnv(), ZeroPolicy(2), np.array([5.0, 5.0]), np.array([6.0, 5.0]),
-                         np.zeros((4, 4, 3), np.uint8), budget=10, predicates=PREDICATES)
+    result = run_episode(PointEnv(), ZeroAgent(2), np.array([5.0, 5.0]), np.array([6.0, 5.0]),
+                         np.zeros((4, 4, 3), np.uint8), budget=10, predicates=PREDICATES, success_fn=success)
     assert result.steps == 0 and result.start_satisfied("near") and result.start_satisfied("x")
 
 
+class PatchPointModel(PointWorldModel):
+    """`PointWorldModel` with patch-token latents: two tokens (x, y) of width 1, `(B, 2, 1)` per frame."""
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return super().encode(pixels)[..., None]
+
+    def rollout(self, z_context: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        return super().rollout(z_context, blocks)[..., None]
+
+
+def test_mpc_plans_with_a_patch_token_model() -> None:
+    """The agent and CEM need nothing of the latent's shape: a (N, D) latent reaches the goal too."""
+    env, start, goal = PointEnv(), np.array([20.0, 20.0]), np.array([42.0, 31.0])
+    agent = LatentMPCAgent(PatchPointModel(), META, SMALL, seed=0)
+    with pytest.raises(RuntimeError, match="before start"):
+        agent.act(np.zeros((4, 4, 3), np.uint8))
+    goal_pixels = PointEnv().set_state(goal)["pixels"]
+    result = run_episode(env, agent, start, goal, goal_pixels, budget=40, predicates=PREDICATES,
+                         success_fn=success)
+    assert agent.z_goal is not None and agent.z_goal.shape == (1, 2, 1)
+    assert result.success("near") and result.success("x") and result.steps < 40
+    assert np.linalg.norm(result.final_state - goal) < 3.0
+
+
+def test_baseline_agents_are_the_random_and_zero_floors() -> None:
+    agents = baseline_agents(2)
+    assert tuple(agents) == BASELINES == ("random", "zero")
+    random_agent, zero = agents["random"](3), agents["zero"](3)
+    assert isinstance(random_agent, RandomAgent) and isinstance(zero, ZeroAgent)
+    np.testing.assert_array_equal(random_agent.act(None), RandomAgent(2, seed=3).act(None))
+    np.testing.assert_array_equal(zero.act(None), np.zeros((1, 2)))
+    assert random_agent.solve_times == [] and zero.solve_times == []
+    assert list(baseline_agents(2, ["zero"])) == ["zero"]
+    with pytest.raises(ValueError, match="unknown baselines"):
+        baseline_agents(2, ["zero", "oracle"])
+
+
 def test_random_policy_is_uniform_in_the_action_box_and_seeded() -> None:
-    first, again = RandomPolicy(2, seed=3), RandomPolicy(2, seed=3)
+    first, again = RandomAgent(2, seed=3), RandomAgent(2, seed=3)
     actions = np.concatenate([first.act(None) for _ in range(500)])
     assert actions.shape == (500, 2) and np.abs(actions).max() <= 1 and np.abs(actions.mean(0)).max() < 0.1
     assert np.array_equal(actions[:1], again.act(None))
@@ -275,7 +419,7 @@ def test_zero_policy_keeps_the_pusht_agent_still() -> None:
     env = make_env("pusht", image_size=16)
     start = np.array([100.0, 100.0, 300.0, 300.0, 0.5, 0.0, 0.0])
     goal = np.array([400.0, 400.0, 200.0, 200.0, 2.0, 0.0, 0.0])
-    result = run_episode(env, ZeroPolicy(2), start, goal, np.zeros((16, 16, 3), np.uint8), budget=10,
-                         predicates=("reference", "block"))
+    result = run_episode(env, ZeroAgent(2), start, goal, np.zeros((16, 16, 3), np.uint8), budget=10,
+                         predicates=("reference", "block"), success_fn=get_world("pusht").success)
     assert result.steps == 10 and not result.success("reference") and not result.success("block")
     np.testing.assert_allclose(result.final_state[:5], start[:5], atol=1e-6)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import gymnasium
 import numpy as np
 import pytest
 
-from lewm.envs import make_env, pusht
-from lewm.envs.pusht import PushTEnv, angle_difference
-from lewm.policies import POLICIES, PushTExpert, PushTRandomPolicy, make_policy
+from lewm.envs import get_world, make_env
+from lewm.envs.pusht import PushTExpert, PushTRandomPolicy
+from lewm.envs.pusht import env as pusht
+from lewm.envs.pusht.env import PushTEnv, angle_difference
+
+WORLD = get_world("pusht")
 
 
 def run_episodes(name: str, seeds: range, steps: int = 100, noise: float = 0.2) -> dict[str, np.ndarray]:
@@ -18,7 +20,7 @@ def run_episodes(name: str, seeds: range, steps: int = 100, noise: float = 0.2) 
     contact, path, rotation, actions, agents = [], [], [], [], []
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
-        policy = make_policy(name, env, np.random.default_rng(seed), noise)
+        policy = WORLD.make_policy(name, np.random.default_rng(seed), noise)
         policy.reset(obs)
         touching, moved, turned = 0, 0.0, 0.0
         for _ in range(steps):
@@ -75,7 +77,7 @@ def test_random_policy_is_uniform_and_keeps_the_agent_between_the_walls():
     assert agents.min() > pusht.WALL_INNER_LOW and agents.max() < pusht.WALL_INNER_HIGH
 
 
-@pytest.mark.parametrize("name", POLICIES)
+@pytest.mark.parametrize("name", list(WORLD.policies))
 def test_policies_are_deterministic_given_the_rng(name):
     first, second = (run_episodes(name, range(2), steps=30) for _ in range(2))
     np.testing.assert_array_equal(first["actions"], second["actions"])
@@ -113,14 +115,24 @@ def test_expert_frees_a_block_pinned_against_a_wall():
 
 
 def test_make_policy_types_and_errors():
-    env = make_env("pusht")
     rng = np.random.default_rng(0)
-    assert isinstance(make_policy("expert", env, rng, 0.2), PushTExpert)
-    assert isinstance(make_policy("random", env, rng, 0.2), PushTRandomPolicy)
-    with pytest.raises(ValueError, match=r"unknown policy 'weak' \(known: expert, random\)"):
-        make_policy("weak", env, rng, 0.2)
+    assert tuple(WORLD.policies) == ("expert", "random")
+    assert isinstance(WORLD.make_policy("expert", rng, 0.2), PushTExpert)
+    assert isinstance(WORLD.make_policy("random", rng, 0.2), PushTRandomPolicy)
+    with pytest.raises(ValueError, match=r"unknown policy 'weak' for pusht \(known: expert, random\)"):
+        WORLD.make_policy("weak", rng, 0.2)
     with pytest.raises(ValueError, match="action_noise"):
-        make_policy("expert", env, rng, -0.1)
-    other = gymnasium.make("CartPole-v1")
-    with pytest.raises(ValueError, match="no expert policy for CartPoleEnv"):
-        make_policy("expert", other, rng, 0.2)
+        WORLD.make_policy("expert", rng, -0.1)
+    # Policies belong to a world now: there is no expert for a world that does not exist.
+    with pytest.raises(ValueError, match=r"unknown environment 'CartPole' \(known: pusht\)"):
+        get_world("CartPole")
+
+
+def test_make_policy_passes_options_and_rejects_bad_ones():
+    rng = np.random.default_rng(0)
+    expert = WORLD.make_policy("expert", rng, 0.0, push_speed=0.1, travel_speed=0.4)
+    assert isinstance(expert, PushTExpert) and (expert.push_speed, expert.travel_speed) == (0.1, 0.4)
+    with pytest.raises(ValueError, match="invalid option for the expert policy of pusht"):
+        WORLD.make_policy("expert", rng, 0.2, warp_speed=9.0)
+    with pytest.raises(ValueError, match="invalid option for the random policy of pusht"):
+        WORLD.make_policy("random", rng, 0.2, push_speed=0.1)

@@ -3,56 +3,59 @@ data, held-out scoring, and the probe stage end to end on a tiny Push-T dataset 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import pusht_data_config
 
-from lewm.checkpoint import build_model, model_meta, save_checkpoint
-from lewm.config import DataConfig, ProbeConfig, TrackingConfig
+from lewm.checkpoint import model_meta, read_checkpoint, save_checkpoint
+from lewm.config import PROJECT_ROOT, ProbeConfig, load_params
 from lewm.data.clips import ActionStats
 from lewm.data.generate import generate_dataset
 from lewm.data.storage import EpisodeStore
-from lewm.envs.pusht import PushTEnv
+from lewm.envs.pusht.env import PushTEnv
 from lewm.probing import (
     RidgeProbe,
     fit_mlp_probe,
     mlp_predict,
-    physical_quantities,
     probe_scores,
     random_init_model,
     regression_scores,
     split_rows,
 )
 from lewm.tracking import configure
+from lewm.world import physical_quantities
 from pipelines import probe as probe_pipeline
 
 TINY_PROBE = ["probe.max_frames=60", "probe.mlp_hidden=16", "probe.mlp_epochs=5"]
+
+
+def probe_config(**changes: float | int) -> ProbeConfig:
+    """params.yaml's `probe` section (max_frames 6000, ridge_alpha 1, mlp_hidden 256, mlp_epochs 300,
+    mlp_lr 1e-3, seed 0) with `changes`: the dataclass holds no defaults of its own."""
+    return dataclasses.replace(load_params().probe, **changes)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_model_config):
     """A tiny Push-T dataset and an untrained tiny model checkpoint at runs/pusht/train/model.pt."""
     root = tmp_path_factory.mktemp("probe")
-    cfg = DataConfig(episodes=6, max_steps=30, image_size=32, seed=2, val_fraction=0.2, test_fraction=0.2)
+    cfg = pusht_data_config(episodes=6, max_steps=30, image_size=32, seed=2, val_fraction=0.2,
+                            test_fraction=0.2)
     data = generate_dataset("pusht", cfg, root / "data" / "pusht", progress=False)
     store = EpisodeStore.open(data)
-    meta = model_meta(
-        env="pusht",
-        model_cfg=tiny_model_config,
-        image_size=32,
-        action_dim=2,
-        frameskip=5,
-        history=3,
-        action_stats=ActionStats.from_store(store),
-    )
+    meta = model_meta("pusht", tiny_model_config.name, tiny_model_config.settings, 32, 2, 5, 3,
+                      ActionStats.from_store(store))
     torch.manual_seed(0)
     model_path = root / "runs" / "pusht" / "train" / "model.pt"
-    save_checkpoint(model_path, {"model": build_model(meta).state_dict(), "meta": meta, "step": 0})
+    save_checkpoint(model_path, {"model": meta.build().state_dict(), "meta": meta, "step": 0})
     return root, data, model_path
 
 
@@ -114,7 +117,7 @@ def test_mlp_probe_learns_a_nonlinear_map_and_is_seeded():
     rng = np.random.default_rng(2)
     x = rng.uniform(-2, 2, (600, 2))
     y = np.stack([np.abs(x[:, 0]), x[:, 0] * x[:, 1]], axis=1)
-    cfg = ProbeConfig(mlp_hidden=64, mlp_epochs=60, mlp_lr=1e-2, seed=3)
+    cfg = probe_config(mlp_hidden=64, mlp_epochs=60, mlp_lr=1e-2, seed=3)
     mlp = fit_mlp_probe(x[:400], y[:400], cfg)
     assert regression_scores(y[400:], mlp_predict(mlp, x[400:]))["r"] > 0.9
     again = fit_mlp_probe(x[:400], y[:400], cfg)
@@ -136,7 +139,7 @@ def test_scores_come_from_the_held_out_split_only():
         test_z,
         test_states,
         quantities,
-        ProbeConfig(ridge_alpha=1e-6, mlp_hidden=16, mlp_epochs=3),
+        probe_config(ridge_alpha=1e-6, mlp_hidden=16, mlp_epochs=3),
     )
     assert set(table["probe"]) == {"linear", "mlp"}
     assert (table["n_test"] == 400).all()
@@ -155,7 +158,7 @@ def test_split_rows_subsample_evenly_within_the_split(tiny_run):
 
 def test_random_init_control_is_seeded_and_leaves_the_global_rng_alone(tiny_run):
     _, _, model_path = tiny_run
-    meta = torch.load(model_path, weights_only=False)["meta"]
+    meta = read_checkpoint(model_path)["meta"]
     torch.manual_seed(123)
     expected = torch.rand(1)
     torch.manual_seed(123)
@@ -198,7 +201,7 @@ def test_probe_stage_appends_to_the_training_run(tiny_run, tmp_path, mlflow_stor
     import mlflow
 
     _, data, model_path = tiny_run
-    configure(TrackingConfig(experiment="probe-test"))
+    configure(dataclasses.replace(load_params().tracking, experiment="probe-test"))
     with mlflow.start_run() as run:
         pass
     tracked_model = tmp_path / "train" / "model.pt"
@@ -253,3 +256,20 @@ def test_cli_reports_a_missing_checkpoint_or_dataset(tiny_run, tmp_path, monkeyp
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "absent" in err[0]
+
+
+def test_probing_does_not_import_training():
+    """Probing shares device and seeding helpers with training through lewm.runtime, not lewm.train: the
+    module and its stage load no training code (checked in a fresh interpreter)."""
+    probe = "import sys, lewm.probing, pipelines.probe; print('lewm.train' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_probe_targets_are_the_worlds():
+    from lewm.envs import get_world
+
+    world = get_world("pusht")
+    assert world.probe_targets == physical_quantities(PushTEnv.state_names)
+    assert [q.name for q in world.probe_targets] == ["agent_xy", "block_xy", "block_angle", "agent_velocity"]

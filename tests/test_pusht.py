@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from lewm.envs import ENVS, env_module, make_env, pusht
-from lewm.envs.pusht import (
+from lewm.envs import get_world, make_env
+from lewm.envs.pusht import env as pusht
+from lewm.envs.pusht.env import (
     PREDICATES,
     PushTEnv,
     angle_difference,
@@ -190,15 +191,15 @@ def test_unknown_names_raise_value_errors_naming_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown environment 'x' \(known: pusht\)"):
         make_env("x")
     with pytest.raises(ValueError, match="known: pusht"):
-        env_module("x")
+        get_world("x")
 
 
 def test_registry():
     env = make_env("pusht", image_size=32, max_steps=7)
     assert isinstance(env, PushTEnv) and env.image_size == 32 and env.max_steps == 7
-    assert ENVS["pusht"] is PushTEnv
-    module = env_module("pusht")
-    assert module.success is success and module.PREDICATES == ("reference", "block")
+    world = get_world("pusht")
+    assert world.env_class is PushTEnv and world.name == "pusht"
+    assert world.success is success and world.predicates == PREDICATES == ("reference", "block")
 
 
 @pytest.mark.parametrize("size", [64, 224])

@@ -3,6 +3,7 @@ and the training stage registering its model."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import mlflow
@@ -10,7 +11,7 @@ import mlflow.pytorch
 import pytest
 import torch
 
-from lewm.config import TrackingConfig
+from lewm.config import load_params
 from lewm.registry import (
     champion_uri,
     champion_version,
@@ -38,7 +39,8 @@ def experiment(mlflow_store, request):
 
 
 def test_model_name_follows_the_tracking_template():
-    assert model_name(TrackingConfig(registered_model="lewm-{env}"), "pusht") == "lewm-pusht"
+    tracking = dataclasses.replace(load_params().tracking, registered_model="lewm-{env}")
+    assert model_name(tracking, "pusht") == "lewm-pusht"
     assert champion_uri("lewm-pusht") == "models:/lewm-pusht@champion"
 
 
@@ -77,3 +79,4 @@ def test_training_stage_registers_its_model(tiny_pusht, tiny_model, mlflow_store
     version = mlflow.MlflowClient().get_model_version("lewm-train-pusht", record["model_version"])
     assert version.run_id == outcome.run_id
     assert version.tags["stage"] == "train"
+    assert version.tags["model"] == "lewm" and version.tags["lambda"] == "0.09"  # model.lewm.lambda

@@ -1,13 +1,17 @@
-"""SIGReg against the magnitudes of reference §4.2 and an independent numpy computation."""
+"""SIGReg against the magnitudes of reference §4.2 and an independent numpy computation, and as the LeWM
+model's own regulariser (`model.sigreg`, configured by `model.lewm.sigreg_*`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from lewm.config import load_params
+from lewm.models.lewm import LeWM
 from lewm.sigreg import SIGReg, epps_pulley_weights
 
 
@@ -99,3 +103,27 @@ def test_rejects_bad_shapes_and_settings() -> None:
         SIGReg()(torch.zeros(2, 3, 4, 5))
     with pytest.raises(ValueError, match="knots"):
         SIGReg(knots=1)
+
+
+def test_the_model_regularises_its_embeddings_with_the_configured_sigreg() -> None:
+    """LeWM's `sigreg` term is SIGReg (settings `model.lewm.sigreg_*`) of the embeddings of every frame;
+    the regulariser holds no weights, so checkpoints do not carry it."""
+    settings = {"encoder_dim": 32, "encoder_depth": 1, "encoder_heads": 2, "embed_dim": 16,
+                "projector_hidden": 32, "predictor_depth": 1, "sigreg_projections": 24, "sigreg_knots": 9,
+                "sigreg_t_max": 2.5}
+    cfg = load_params(overrides=[f"model.lewm.{k}={v}" for k, v in settings.items()]).model.settings
+    torch.manual_seed(0)
+    model = LeWM(cfg, image_size=16, action_dim=2, frameskip=1, history=2).eval()
+    sigreg = model.sigreg
+    assert (sigreg.num_projections, len(sigreg.t), float(sigreg.t[-1])) == (24, 9, 2.5)
+    assert not list(sigreg.parameters()) and not any(k.startswith("sigreg") for k in model.state_dict())
+    batch = {"pixels": torch.randint(0, 256, (6, 3, 3, 16, 16), dtype=torch.uint8, generator=_gen(0)),
+             "actions": torch.randn(6, 3, 2, generator=_gen(1))}
+    torch.manual_seed(5)
+    out = model(batch)
+    torch.manual_seed(5)  # the same directions: nothing else draws from the global RNG in eval mode
+    expected = SIGReg(num_projections=24, knots=9, t_max=2.5)(out["embeddings"])
+    assert out["embeddings"].shape == (6, 3, 16)
+    torch.testing.assert_close(out["sigreg"], expected)
+    other = dataclasses.replace(cfg, sigreg_t_max=3.0)
+    assert float(LeWM(other, 16, 2, 1, 2).sigreg.t[-1]) == 3.0

@@ -184,3 +184,11 @@ def test_writer_rejects_inconsistent_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="actions has shape"):
         write_dataset(tmp_path / "d", iter([bad]), make_manifest({"train": [0]}))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_identity_is_the_manifest_hash(dataset: Path) -> None:
+    identity = EpisodeStore.open(dataset).identity
+    assert len(identity) == 16 and identity == EpisodeStore.open(dataset).identity
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    (dataset / "manifest.json").write_text(json.dumps({**manifest, "created": "another time"}))
+    assert EpisodeStore.open(dataset).identity != identity  # regenerating changes it

@@ -2,30 +2,36 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import math
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
-from lewm.checkpoint import load_model, read_checkpoint
-from lewm.config import DataConfig, load_params
-from lewm.data.generate import generate_dataset
+from lewm.checkpoint import ModelMeta, load_model, model_meta, read_checkpoint, save_checkpoint
+from lewm.config import PROJECT_ROOT, load_params, section_mapping
+from lewm.data.clips import ActionStats
 from lewm.train import StepBatchSampler, final_metrics, learning_rate, train
 
 
 @pytest.fixture
-def tiny(tiny_model):
+def tiny(tiny_model: list[str]) -> list[str]:
     """The shared tiny model, trained for 6 steps with frequent logs, validation and checkpoints."""
     return [*tiny_model, "train.max_steps=6", "train.log_every=2", "train.val_every=3",
             "train.checkpoint_every=2"]
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    cfg = DataConfig(episodes=10, max_steps=40, image_size=32, seed=1, val_fraction=0.2, test_fraction=0.1)
-    return generate_dataset("pusht", cfg, tmp_path_factory.mktemp("data") / "pusht", progress=False)
+@pytest.fixture
+def tiny_data(tiny_pusht: Path) -> Path:
+    """10 Push-T episodes of 40 steps at 32 px (2 val, 1 test), seed 1: the session's `tiny_pusht`."""
+    return tiny_pusht
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():
@@ -85,8 +91,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny, tiny_data, tmp_path):
     resumed = train(params, "pusht", tiny_data, tmp_path / "resumed", progress=False)
 
     assert resumed.step == straight.step == 6
-    a, _ = load_model(straight.checkpoint)
-    b, _ = load_model(resumed.checkpoint)
+    a = load_model(straight.checkpoint).model
+    b = load_model(resumed.checkpoint).model
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(pa, pb), f"{name} differs after resume"
     assert resumed.metrics["val_pred_loss"] == straight.metrics["val_pred_loss"]
@@ -95,13 +101,14 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny, tiny_data, tmp_path):
 def test_checkpoint_of_other_params_is_not_resumed(tiny, tiny_data, tmp_path):
     params = load_params(overrides=tiny)
     train(params, "pusht", tiny_data, tmp_path / "run", progress=False)
-    other = load_params(overrides=[*tiny, "train.lambda=0.5"])
+    other = load_params(overrides=[*tiny, "model.lewm.lambda=0.5"])
     outcome = train(other, "pusht", tiny_data, tmp_path / "run", progress=False)
     assert outcome.step == 6
-    _, meta = load_model(outcome.checkpoint)
+    loaded = load_model(outcome.checkpoint)
     history = read_checkpoint(outcome.checkpoint)["history"]["train"]
     assert [row["step"] for row in history] == [2, 4, 6]  # fresh history, not appended to the old run
-    assert meta["step"] == 6
+    assert loaded.step == 6
+    assert loaded.meta.settings["lambda"] == 0.5
 
 
 def test_training_outputs_and_diagnostics(tiny, tiny_data, tmp_path):
@@ -114,8 +121,8 @@ def test_training_outputs_and_diagnostics(tiny, tiny_data, tmp_path):
     assert 0 < m["val_effective_rank"] <= 16
     assert -1 <= m["val_straightness"] <= 1
     assert all(math.isfinite(v) for v in m.values())
-    _, meta = load_model(outcome.checkpoint)
-    assert meta["image_size"] == 32 and meta["action_dim"] == 2 and meta["frameskip"] == 5
+    meta = load_model(outcome.checkpoint).meta
+    assert meta.image_size == 32 and meta.action_dim == 2 and meta.frameskip == 5
 
 
 def test_too_small_dataset_is_a_clear_error(tiny, tiny_data, tmp_path):
@@ -136,7 +143,7 @@ def test_mlflow_run_holds_params_curves_and_model(tiny, tiny_data, tmp_path, mon
 
     client = mlflow.MlflowClient()
     run = client.get_run(outcome.run_id)
-    assert run.data.params["train.lambda"] == "0.09"
+    assert run.data.params["model.lewm.lambda"] == "0.09"
     assert run.data.params["derived.total_steps"] == "6"
     steps = [m.step for m in client.get_metric_history(outcome.run_id, "train/pred_loss")]
     assert steps == [2, 4, 6]
@@ -151,16 +158,17 @@ def test_mlflow_run_holds_params_curves_and_model(tiny, tiny_data, tmp_path, mon
 
 def test_planning_checks_during_training_keep_the_best_checkpoint(tiny, tiny_data, tmp_path):
     from lewm.data.storage import EpisodeStore
-    from lewm.evaluation import build_manifest, write_manifest
+    from lewm.evaluation import PlanningCheck, build_manifest, read_manifest, write_manifest
 
     manifest = tmp_path / "val.parquet"
     pairs = build_manifest(EpisodeStore.open(tiny_data), split="val", n=2, goal_offset=5, seed=0)
     write_manifest(pairs, manifest)
     params = load_params(overrides=[
-        *tiny, "train.plan_eval_every=3", "train.plan_eval_episodes=2", "plan.samples=16", "plan.elites=4",
-        "plan.iterations=2", "eval.budget=10",
+        *tiny, "train.plan_eval_every=3", "train.plan_eval_episodes=2", "plan.cem.samples=16",
+        "plan.cem.elites=4", "plan.cem.iterations=2", "eval.budget=10",
     ])
-    outcome = train(params, "pusht", tiny_data, tmp_path / "run", progress=False, plan_manifest=manifest)
+    selector = PlanningCheck(params, EpisodeStore.open(tiny_data), read_manifest(manifest))
+    outcome = train(params, "pusht", tiny_data, tmp_path / "run", progress=False, selector=selector)
     checks = [row for row in read_checkpoint(outcome.checkpoint)["history"]["val"]
               if "val/plan_reference.success_rate" in row]
     assert [row["step"] for row in checks] == [3, 6]
@@ -175,3 +183,131 @@ def test_planning_checks_during_training_keep_the_best_checkpoint(tiny, tiny_dat
         assert key in outcome.metrics and key in written, key
     with pytest.raises(ValueError, match="validation manifest"):
         train(params, "pusht", tiny_data, tmp_path / "other", progress=False)
+
+
+# ------------------------------------------------------------------------- seams of the redesigned library
+
+
+def test_training_imports_no_planning_or_evaluation_code():
+    """Training selects checkpoints through a `CheckpointSelector` it is handed, so importing it loads no
+    planning, solver or evaluation module (checked in a fresh interpreter)."""
+    probe = textwrap.dedent("""
+        import sys
+        import lewm.train
+        print(sorted(m for m in sys.modules if m.split(".")[:2] in (
+            ["lewm", "evaluation"], ["lewm", "planning"], ["lewm", "solvers"], ["lewm", "lambda_trials"])))
+    """)
+    result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_plan_checks_without_a_selector_are_refused_before_any_work(tiny, tiny_data, tmp_path):
+    params = load_params(overrides=[*tiny, "train.plan_eval_every=3"])
+    with pytest.raises(ValueError, match=r"train\.plan_eval_every > 0 needs a checkpoint selector"):
+        train(params, "pusht", tiny_data, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_checkpoint_records_the_model_name_and_settings(tiny, tiny_data, tmp_path):
+    params = load_params(overrides=[*tiny, "train.max_steps=2"])
+    outcome = train(params, "pusht", tiny_data, tmp_path, progress=False)
+    stored = torch.load(outcome.checkpoint, weights_only=False)  # the file itself, as plain data
+    assert stored["format_version"] == 2
+    assert stored["meta"]["model"] == "lewm" == params.model.name
+    assert stored["meta"]["settings"] == section_mapping(params.model.settings)
+    assert stored["meta"]["env"] == "pusht" and stored["step"] == 2
+    loaded = load_model(outcome.checkpoint)
+    assert isinstance(loaded.meta, ModelMeta) and loaded.meta.model == "lewm" and loaded.step == 2
+
+
+TOY_MODEL = '''
+"""A stand-in world model for checkpoint tests."""
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Config:
+    width: int
+
+
+class Model(nn.Module):
+    def __init__(self, cfg, image_size, action_dim, frameskip, history):
+        super().__init__()
+        self.cfg, self.image_size, self.action_dim = cfg, image_size, action_dim
+        self.frameskip, self.history = frameskip, history
+        self.head = nn.Linear(3, cfg.width)
+'''
+
+
+@pytest.fixture
+def toy_model_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A second world model `toy` (a module on lewm.models' search path for this test only)."""
+    import lewm.models
+
+    folder = tmp_path / "extra_models"
+    folder.mkdir()
+    (folder / "toy.py").write_text(TOY_MODEL)
+    monkeypatch.setattr(lewm.models, "__path__", [*lewm.models.__path__, str(folder)])
+    yield "toy"
+    sys.modules.pop("lewm.models.toy", None)
+
+
+def test_load_model_rebuilds_the_recorded_model_whatever_params_say(toy_model_part, tiny_model_config,
+                                                                    tmp_path):
+    """The class and the architecture come from the checkpoint's `model` and `settings`, not params.yaml
+    (which names `lewm`, at another width)."""
+    from lewm.models import lewm as lewm_model
+
+    current = load_params().model
+    assert current.name == "lewm" and current.settings.embed_dim == 192
+    stats = ActionStats.from_dict({"mean": [0.0, 0.0], "std": [1.0, 1.0]})
+
+    toy_module = importlib.import_module(f"lewm.models.{toy_model_part}")
+    toy = model_meta("pusht", toy_model_part, toy_module.Config(width=5), 32, 2, 5, 3, stats)
+    torch.manual_seed(0)
+    toy_weights = toy.build().state_dict()
+    save_checkpoint(tmp_path / "toy.pt", {"model": toy_weights, "meta": toy, "step": 4})
+    loaded = load_model(tmp_path / "toy.pt")
+    assert type(loaded.model).__module__ == "lewm.models.toy" and loaded.model.cfg.width == 5
+    assert torch.equal(loaded.model.head.weight, toy_weights["head.weight"]) and loaded.step == 4
+
+    tiny = model_meta("pusht", "lewm", tiny_model_config.settings, 32, 2, 5, 3, stats)
+    save_checkpoint(tmp_path / "tiny.pt", {"model": tiny.build().state_dict(), "meta": tiny, "step": 0})
+    model = load_model(tmp_path / "tiny.pt").model
+    assert isinstance(model, lewm_model.Model) and not model.training
+    assert model.encode(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 16)
+
+
+def old_format_checkpoint(path: Path) -> Path:
+    """A checkpoint as the previous layout wrote it: format_version 1, meta a plain dict of LeWM's config."""
+    torch.save({"format_version": 1, "model": {}, "optimizer": {}, "step": 6, "fingerprint": "0123abcd",
+                "meta": {"env": "pusht", "model_cfg": {"embed_dim": 16}, "image_size": 32, "action_dim": 2,
+                         "frameskip": 5, "history": 3, "step": 6}}, path)
+    return path
+
+
+def test_an_old_format_checkpoint_is_refused_with_a_clear_message(tmp_path):
+    path = old_format_checkpoint(tmp_path / "model.pt")
+    expected = r"format_version 2 expected, found 1\); retrain with `dvc repro`"
+    with pytest.raises(ValueError, match=expected):
+        load_model(path)
+    with pytest.raises(ValueError, match=expected):
+        read_checkpoint(path)
+    torch.save({"model": {}}, tmp_path / "unversioned.pt")
+    with pytest.raises(ValueError, match="found None"):
+        load_model(tmp_path / "unversioned.pt")
+
+
+def test_an_old_format_last_checkpoint_is_ignored_not_resumed(tiny, tiny_data, tmp_path):
+    """checkpoints/ persists across `dvc repro`: a last.pt of the previous format belongs to another run and
+    is ignored (training starts afresh), as a checkpoint of other params is, instead of stopping the stage."""
+    (tmp_path / "checkpoints").mkdir()
+    old_format_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    params = load_params(overrides=[*tiny, "train.max_steps=2"])
+    outcome = train(params, "pusht", tiny_data, tmp_path, progress=False)
+    assert outcome.step == 2
+    assert [row["step"] for row in read_checkpoint(outcome.checkpoint)["history"]["train"]] == [2]
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 2  # replaced by this run's

@@ -4,55 +4,70 @@ surprise, and the stage end to end on a tiny Push-T dataset and model."""
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import pusht_data_config
 
-from lewm.checkpoint import build_model, load_model, model_meta, save_checkpoint
-from lewm.config import DataConfig, VoEConfig
+from lewm.checkpoint import load_model, model_meta, save_checkpoint
+from lewm.config import PROJECT_ROOT, VoEConfig, load_params
 from lewm.data.clips import ActionStats
 from lewm.data.generate import generate_dataset
 from lewm.data.storage import EpisodeStore
+from lewm.envs import get_world
 from lewm.voe import (
+    UNPERTURBED,
     check_config,
     compare_peaks,
     episode_trajectories,
     peak_surprise,
     surprise_curve,
-    teleport_state,
 )
+from lewm.world import PerturbationContext, teleport_destination
 from pipelines import voe as voe_pipeline
 
+
+def voe_config(**changes: Any) -> VoEConfig:
+    """params.yaml's `voe` section (episodes 24, steps 60, perturb_step 30, window 10, expert policy,
+    action noise 0.2, colour [220, 60, 60], seed 7) with `changes`: the dataclass has no defaults."""
+    return dataclasses.replace(load_params().voe, **changes)
+
+
 ENV_KWARGS = {"image_size": 32, "max_steps": 100}
-VOE = VoEConfig(episodes=2, steps=30, perturb_step=20, window=5, seed=3)
+VOE = voe_config(episodes=2, steps=30, perturb_step=20, window=5, seed=3)
 TINY_VOE = ["voe.episodes=2", "voe.steps=30", "voe.perturb_step=20", "voe.window=5"]
+PUSHT = get_world("pusht")
+
+
+def teleport_state(env_kwargs: dict[str, Any], seed: int, episode: int) -> np.ndarray:
+    """The teleport destination of `episode` for `voe.seed` = `seed`, in environments built with
+    `env_kwargs`."""
+    context = PerturbationContext(voe_config(seed=seed), episode, lambda: PUSHT.make_env(**env_kwargs))
+    return teleport_destination(context)
 
 
 @pytest.fixture(scope="module")
 def trajectories():
-    return episode_trajectories("pusht", ENV_KWARGS, VOE, episode=0)
+    return episode_trajectories(PUSHT, ENV_KWARGS, VOE, episode=0)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_model_config):
     """A tiny Push-T dataset and an untrained tiny model checkpoint (random action statistics)."""
     root = tmp_path_factory.mktemp("voe")
-    cfg = DataConfig(episodes=4, max_steps=20, image_size=32, seed=2, val_fraction=0.25, test_fraction=0.25)
+    cfg = pusht_data_config(episodes=4, max_steps=20, image_size=32, seed=2, val_fraction=0.25,
+                            test_fraction=0.25)
     data = generate_dataset("pusht", cfg, root / "data" / "pusht", progress=False)
-    meta = model_meta(
-        env="pusht",
-        model_cfg=tiny_model_config,
-        image_size=32,
-        action_dim=2,
-        frameskip=5,
-        history=3,
-        action_stats=ActionStats.from_store(EpisodeStore.open(data)),
-    )
+    meta = model_meta("pusht", tiny_model_config.name, tiny_model_config.settings, 32, 2, 5, 3,
+                      ActionStats.from_store(EpisodeStore.open(data)))
     torch.manual_seed(0)
-    model = build_model(meta)
+    model = meta.build()
     torch.nn.init.normal_(model.predictor.blocks[0].modulation[1].weight, std=0.1)  # actions matter
     model_path = root / "runs" / "pusht" / "train" / "model.pt"
     save_checkpoint(model_path, {"model": model.state_dict(), "meta": meta, "step": 0})
@@ -77,24 +92,24 @@ def test_conditions_share_actions_and_differ_only_from_the_perturbation(trajecto
 def test_teleport_moves_block_and_agent_to_the_seeded_state(trajectories):
     p = VOE.perturb_step
     before, after = trajectories["unperturbed"].states[p], trajectories["teleport"].states[p]
-    destination = teleport_state("pusht", {**ENV_KWARGS, "max_steps": VOE.steps}, VOE.seed, 0)
+    destination = teleport_state({**ENV_KWARGS, "max_steps": VOE.steps}, VOE.seed, 0)
     np.testing.assert_allclose(after[:5], destination[:5], atol=1e-6)
     assert np.linalg.norm(after[0:2] - before[0:2]) > 20  # agent
     assert np.linalg.norm(after[2:4] - before[2:4]) > 20  # block
-    assert np.array_equal(destination, teleport_state("pusht", ENV_KWARGS, VOE.seed, 0))  # model-independent
+    assert np.array_equal(destination, teleport_state(ENV_KWARGS, VOE.seed, 0))  # model-independent
 
 
 def test_surprise_matches_a_direct_computation(trajectories, tiny_run):
     _, model_path = tiny_run
-    model, meta = load_model(model_path)
+    model, meta, _ = load_model(model_path)
     trajectory = trajectories["teleport"]
-    steps, surprise = surprise_curve(model, trajectory.frames, trajectory.actions, meta["action_stats"])
+    steps, surprise = surprise_curve(model, trajectory.frames, trajectory.actions, meta.action_stats)
     fs, history = 5, 3
     assert steps[0] == fs * history and steps[-1] == VOE.steps and np.all(np.diff(steps) == 1)
 
     target = 22  # context frames 7, 12, 17 with their action blocks, predicting frame 22
     context = [7, 12, 17]
-    normalised = meta["action_stats"].normalize(trajectory.actions.astype(np.float64))
+    normalised = meta.action_stats.normalize(trajectory.actions.astype(np.float64))
     blocks = torch.tensor(
         np.stack([normalised[f : f + fs].reshape(-1) for f in context]), dtype=torch.float32
     )
@@ -112,9 +127,9 @@ def test_surprise_matches_a_direct_computation(trajectories, tiny_run):
 
 def test_surprise_before_the_perturbation_is_the_same_in_every_condition(trajectories, tiny_run):
     _, model_path = tiny_run
-    model, meta = load_model(model_path)
+    model, meta, _ = load_model(model_path)
     curves = {
-        name: surprise_curve(model, t.frames, t.actions, meta["action_stats"])
+        name: surprise_curve(model, t.frames, t.actions, meta.action_stats)
         for name, t in trajectories.items()
     }
     steps = curves["unperturbed"][0]
@@ -150,11 +165,11 @@ def test_peaks_are_taken_after_the_perturbation_within_the_window():
 
 
 def test_config_must_leave_room_for_a_full_context():
-    check_config(VoEConfig(), frameskip=5, history=3)
+    check_config(voe_config(), frameskip=5, history=3)
     with pytest.raises(ValueError, match=r"perturb_step − voe\.window"):
-        check_config(VoEConfig(perturb_step=20, window=10), frameskip=5, history=3)
+        check_config(voe_config(perturb_step=20, window=10), frameskip=5, history=3)
     with pytest.raises(ValueError, match=r"voe\.steps"):
-        check_config(VoEConfig(steps=35, perturb_step=30, window=10), frameskip=5, history=3)
+        check_config(voe_config(steps=35, perturb_step=30, window=10), frameskip=5, history=3)
 
 
 def test_voe_stage_writes_the_surprise_table_and_metrics(tiny_run, tmp_path):
@@ -189,3 +204,17 @@ def test_cli_reports_a_missing_checkpoint(tiny_run, tmp_path, monkeypatch, capsy
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "checkpoint not found" in err[0]
+
+
+def test_conditions_are_the_unperturbed_run_and_the_worlds_perturbations(trajectories):
+    assert list(trajectories) == [UNPERTURBED, *PUSHT.perturbations] == ["unperturbed", "color", "teleport"]
+    assert all(t.condition == name and t.episode == 0 for name, t in trajectories.items())
+
+
+def test_voe_does_not_import_training():
+    """VoE shares device and seeding helpers with training through lewm.runtime, not lewm.train: the module
+    and its stage load no training code (checked in a fresh interpreter)."""
+    probe = "import sys, lewm.voe, pipelines.voe; print('lewm.train' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert result.stdout.strip() == "False"

@@ -144,3 +144,15 @@ class ClipDataset(Dataset):
             "episode": int(self.episode[index]),
             "start": int(self.start[index]),
         }
+
+
+def strided_trajectories(
+    store: EpisodeStore, frameskip: int, max_episodes: int = 16, split: str = "val"
+) -> torch.Tensor:
+    """Frames of up to `max_episodes` episodes of `split` every `frameskip` steps, (E, T, 3, H, W) uint8
+    (the latent-straightness trajectories). Episodes are cut to the shortest one so they stack."""
+    episodes = store.episode_ids(split)[:max_episodes]
+    sequences = [np.asarray(store.frames[store.episode_rows(ep)][::frameskip]) for ep in episodes]
+    length = min(len(s) for s in sequences)
+    stacked = np.stack([s[:length] for s in sequences])
+    return torch.from_numpy(stacked).permute(0, 1, 4, 2, 3).contiguous()

@@ -21,8 +21,7 @@ import numpy as np
 
 from lewm.config import DataConfig
 from lewm.data.storage import MANIFEST, EpisodeRecord, write_dataset
-from lewm.envs import make_env
-from lewm.policies import make_policy
+from lewm.envs import get_world, make_env
 from lewm.progress import progress_bar
 
 _EPISODE_STREAM, _SPLIT_STREAM = 0, 1  # independent SeedSequence streams under the dataset seed
@@ -32,6 +31,7 @@ _EPISODE_STREAM, _SPLIT_STREAM = 0, 1  # independent SeedSequence streams under 
 class EpisodeJob:
     """Everything a worker needs to record one episode (small and picklable)."""
 
+    env: str  # the world's name
     episode: int
     seed: int  # the dataset seed
     policy: str
@@ -81,7 +81,7 @@ def record_episode(env: Any, job: EpisodeJob) -> EpisodeRecord:
     """
     reset_seed, policy_rng = episode_seeds(job.seed, job.episode)
     obs, _ = env.reset(seed=reset_seed)
-    policy = make_policy(job.policy, env, policy_rng, job.action_noise, **job.policy_kwargs)
+    policy = get_world(job.env).make_policy(job.policy, policy_rng, job.action_noise, **job.policy_kwargs)
     policy.reset(obs)
     observations, actions, contacts = [obs], [], []
     for _ in range(job.max_steps):
@@ -115,10 +115,12 @@ def generate_dataset(env_name: str, cfg: DataConfig, target: str | Path, progres
     env = make_env(env_name, **env_kwargs)
     try:
         # raises if the policy or its options are unknown
-        make_policy(cfg.policy, env, np.random.default_rng(cfg.seed), cfg.action_noise, **cfg.policy_kwargs)
+        get_world(env_name).make_policy(cfg.policy, np.random.default_rng(cfg.seed), cfg.action_noise,
+                                        **cfg.policy_kwargs)
         manifest = _base_manifest(env_name, env_kwargs, env.unwrapped, cfg, splits)
         jobs = [
-            EpisodeJob(i, cfg.seed, cfg.policy, cfg.action_noise, cfg.max_steps, dict(cfg.policy_kwargs))
+            EpisodeJob(env_name, i, cfg.seed, cfg.policy, cfg.action_noise, cfg.max_steps,
+                       dict(cfg.policy_kwargs))
             for i in range(cfg.episodes)
         ]
         workers = min(cfg.workers, cfg.episodes)

@@ -14,6 +14,7 @@ the end) and steps to Parquet row groups, so memory stays bounded by one batch o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterable
@@ -107,6 +108,12 @@ class EpisodeStore:
     def __getstate__(self) -> dict[str, Any]:
         # Pickling a memmap copies its data; DataLoader workers reopen the file instead.
         return {**self.__dict__, "_frames": None}
+
+    @property
+    def identity(self) -> str:
+        """Hash of the manifest this store was opened with (seeds, counts, splits, creation time):
+        regenerating the dataset changes it."""
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.steps)

@@ -1,4 +1,4 @@
-"""Environments by name: `make_env(name, **kwargs)`, and each env's module for `success` / `PREDICATES`."""
+"""Worlds by name: each is a package `lewm/envs/<name>/` exporting `WORLD` (a `lewm.world.World`)."""
 
 from __future__ import annotations
 
@@ -6,29 +6,24 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")  # headless MuJoCo; must be set before `import mujoco`
 
-from types import ModuleType
+from typing import Any
 
 import gymnasium
 
-from lewm.envs import pusht
-from lewm.envs.pusht import PushTEnv
-
-ENVS: dict[str, type[gymnasium.Env]] = {"pusht": PushTEnv}
-_MODULES: dict[str, ModuleType] = {"pusht": pusht}
+from lewm.parts import WORLDS, part_module, part_names
+from lewm.world import World
 
 
-def _check_name(name: str) -> None:
-    if name not in ENVS:
-        raise ValueError(f"unknown environment {name!r} (known: {', '.join(sorted(ENVS))})")
+def world_names() -> tuple[str, ...]:
+    """The names of every world package."""
+    return part_names(WORLDS)
 
 
-def make_env(name: str, **kwargs) -> gymnasium.Env:
-    """A new environment `name` built with `kwargs` (e.g. `image_size`, `max_steps`)."""
-    _check_name(name)
-    return ENVS[name](**kwargs)
+def get_world(name: str) -> World:
+    """The spec of world `name`; a ValueError naming the known worlds if there is none."""
+    return part_module(WORLDS, name, "environment").WORLD
 
 
-def env_module(name: str) -> ModuleType:
-    """The module of environment `name`, with its pure `success(state, goal, predicate)` and `PREDICATES`."""
-    _check_name(name)
-    return _MODULES[name]
+def make_env(name: str, **kwargs: Any) -> gymnasium.Env:
+    """A new environment of world `name` built with `kwargs` (e.g. `image_size`, `max_steps`)."""
+    return get_world(name).make_env(**kwargs)

@@ -1,5 +1,5 @@
 """The LeWM world model (reference §2): pixels → encoder → BN projector → z; (z, action blocks) →
-AdaLN-zero causal transformer → BN projector → next z.
+AdaLN-zero causal transformer → BN projector → next z; trained with L = L_pred + λ·SIGReg (§4).
 
 - `Encoder`: a randomly initialised timm ViT ([CLS] token after the final LayerNorm) or ResNet (pooled).
 - `MLP`: Linear → BatchNorm1d → GELU → Linear, used as the projector after the encoder and as `pred_proj`
@@ -8,26 +8,60 @@ AdaLN-zero causal transformer → BN projector → next z.
 - `Predictor`: learned positions, DiT-style AdaLN-zero blocks conditioned per token on the action
   embedding, causal attention, final LayerNorm. Zero-initialised modulation makes every block the identity
   at init, so action conditioning enters training progressively.
-- `LeWM`: `encode`, `predict` (teacher-forced, T ≤ history) and `rollout` (autoregressive, for planning).
+- `LeWM` (`Model`): `encode`, `predict` (teacher-forced, T ≤ history), `rollout` (autoregressive, for
+  planning), `planning_cost` and `forward(batch)`, the training loss (the `WorldModel` protocol in
+  lewm/models/__init__.py). SIGReg is a submodule, so DDP sees one forward per step; it has no weights.
+
+The objective: a teacher-forced next-embedding MSE and the anti-collapse regulariser on the embeddings of
+every frame. No stop-gradient, no EMA: the encoder gets gradients through the context, the targets and
+SIGReg.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lewm.config import ModelConfig
+from lewm.models import CostFn, goal_distance_cost
+from lewm.sigreg import SIGReg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@dataclass(frozen=True)
+class Config:
+    """`model.lewm`: the architecture (reference §2; image and action sizes come from the dataset) and the
+    two-term objective L = L_pred + λ·SIGReg (§4)."""
+
+    encoder: str  # vit | resnet
+    patch_size: int
+    encoder_dim: int
+    encoder_depth: int
+    encoder_heads: int
+    resnet_name: str
+    embed_dim: int
+    projector_hidden: int
+    predictor_depth: int
+    predictor_heads: int
+    predictor_head_dim: int
+    predictor_mlp_dim: int
+    predictor_dropout: float
+    action_smoothed_dim: int
+    lambda_: float  # `lambda` in params.yaml
+    sigreg_projections: int
+    sigreg_knots: int
+    sigreg_t_max: float
+
+
 class Encoder(nn.Module):
     """Image backbone, random init: (N, 3, H, W) normalised images → (N, feature_dim) features."""
 
-    def __init__(self, cfg: ModelConfig, image_size: int) -> None:
+    def __init__(self, cfg: Config, image_size: int) -> None:
         super().__init__()
         if cfg.encoder == "vit":
             self.backbone = timm.create_model(
@@ -143,7 +177,7 @@ class Predictor(nn.Module):
     """(B, T, D) embeddings and (B, T, D) action embeddings → (B, T, D); token t sees tokens ≤ t only and
     is conditioned on action t, so output t predicts the embedding after action t."""
 
-    def __init__(self, cfg: ModelConfig, history: int) -> None:
+    def __init__(self, cfg: Config, history: int) -> None:
         super().__init__()
         dim = cfg.embed_dim
         self.positions = nn.Parameter(torch.randn(1, history, dim))
@@ -167,7 +201,7 @@ class LeWM(nn.Module):
     pred_proj (reference §2). Pixels are uint8; ImageNet normalisation happens in `encode` only."""
 
     def __init__(
-        self, cfg: ModelConfig, image_size: int, action_dim: int, frameskip: int, history: int
+        self, cfg: Config, image_size: int, action_dim: int, frameskip: int, history: int
     ) -> None:
         super().__init__()
         if history < 1:
@@ -179,6 +213,7 @@ class LeWM(nn.Module):
         self.action_encoder = ActionEncoder(frameskip * action_dim, cfg.action_smoothed_dim, cfg.embed_dim)
         self.predictor = Predictor(cfg, history)
         self.pred_proj = MLP(cfg.embed_dim, cfg.projector_hidden, cfg.embed_dim)
+        self.sigreg = SIGReg(cfg.sigreg_projections, cfg.sigreg_knots, cfg.sigreg_t_max)  # no weights, no RNG
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -237,6 +272,33 @@ class LeWM(nn.Module):
             sequence.append(self.pred_proj(last))
         return torch.stack(sequence[num_context:], dim=1)
 
+    def planning_cost(self, z_context: Tensor, z_goal: Tensor) -> CostFn:
+        """Squared distance between the last imagined embedding and the goal's (the reference's cost)."""
+        return goal_distance_cost(self, z_context, z_goal)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Losses of one batch of clips (`pixels` uint8 (B, T, 3, H, W), `actions` (B, T, frameskip·A)).
+
+        The first `history` frames and action blocks are the context; output t is compared with the
+        embedding `num_preds = T − history` frames later (element-wise MSE, target not detached). Returns
+        `pred`, `sigreg`, `total` (scalars with gradients) and the detached `embeddings` (B, T, D).
+        """
+        embeddings = self.encode(batch["pixels"])
+        num_preds = embeddings.shape[1] - self.history
+        if num_preds < 1:
+            raise ValueError(
+                f"clips need more than history = {self.history} frames, got {embeddings.shape[1]}"
+            )
+        pred = self.predict(embeddings[:, : self.history], batch["actions"][:, : self.history])
+        pred_loss = (pred - embeddings[:, num_preds:]).pow(2).mean()
+        sigreg_loss = self.sigreg(embeddings)
+        return {
+            "pred": pred_loss,
+            "sigreg": sigreg_loss,
+            "total": pred_loss + self.cfg.lambda_ * sigreg_loss,
+            "embeddings": embeddings.detach(),
+        }
+
     def num_parameters(self) -> dict[str, int]:
         """Parameter counts per part and in total (reference §2.4)."""
         parts = {
@@ -249,3 +311,7 @@ class LeWM(nn.Module):
         counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
         counts["total"] = sum(counts.values())
         return counts
+
+
+Model = LeWM
+"""The class `model.name: lewm` builds (lewm/checkpoint.py)."""

@@ -1,53 +1,29 @@
-"""Data-collection policies: `make_policy(name, env, rng, action_noise)`.
+"""Push-T's data-collection policies: the scripted expert (`PushTExpert`) and a random policy that keeps
+the agent between the walls (`PushTRandomPolicy`).
 
-- `random`: i.i.d. uniform actions in [−1, 1]^A (any env). `action_noise` is unused: the actions are
-  already as noisy as the action space allows. In Push-T each action is drawn uniformly among those whose
-  target keeps the agent between the walls (`PushTRandomPolicy`; unconstrained, the agent spends ~40 %
-  of a 100-step episode out of the picture); it touches the block only now and then.
-- `expert`: a scripted, noisy expert per env that keeps interacting with the object. Push-T: push the block
-  toward random targets (`PushTExpert`), so that most steps involve contact.
+- `random`: each action is drawn uniformly among those whose target keeps the agent between the walls
+  (unconstrained, the agent spends ~40 % of a 100-step episode out of the picture); it touches the block
+  only now and then. `action_noise` is unused: the actions are already as noisy as the space allows.
+- `expert`: pushes the block toward random targets, so that most steps involve contact.
 
-A policy maps observations to float32 actions in [−1, 1]^A; its randomness comes only from `rng`.
+A policy maps observations to float32 actions in [−1, 1]^2; its randomness comes only from `rng`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
 
-import gymnasium
 import numpy as np
 
-from lewm.envs import pusht
-
-POLICIES = ("expert", "random")
-
-
-class Policy(Protocol):
-    def reset(self, obs: dict[str, np.ndarray]) -> None: ...
-
-    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
-
-
-class RandomPolicy:
-    """Uniform i.i.d. actions in [−1, 1]^action_dim."""
-
-    def __init__(self, action_dim: int, rng: np.random.Generator) -> None:
-        self.action_dim, self.rng = action_dim, rng
-
-    def reset(self, obs: dict[str, np.ndarray]) -> None:
-        pass
-
-    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
-
+from lewm.envs.pusht import env as pusht
+from lewm.world import UniformPolicy
 
 # Where the agent's centre can be with the whole disc between the walls.
 _AGENT_LOW = pusht.WALL_INNER_LOW + pusht.AGENT_RADIUS
 _AGENT_HIGH = pusht.WALL_INNER_HIGH - pusht.AGENT_RADIUS
 
 
-class PushTRandomPolicy(RandomPolicy):
+class PushTRandomPolicy(UniformPolicy):
     """Uniform actions among those whose relative target `agent + 100·a` lies between the walls."""
 
     def __init__(self, rng: np.random.Generator) -> None:
@@ -231,26 +207,3 @@ class PushTExpert:
         turn = math.copysign(min(math.pi / 4, abs(turn)), turn)
         waypoint = cog + _ORBIT_RADIUS * (pusht.rotation(turn) @ _unit(agent - cog))
         return self._go_to(agent, waypoint)
-
-
-def make_policy(
-    name: str, env: gymnasium.Env, rng: np.random.Generator, action_noise: float, **policy_kwargs: float
-) -> Policy:
-    """Policy `name` for `env`, drawing all its randomness from `rng`; `action_noise` is a std in action
-    units (used by `expert`); `policy_kwargs` tune the expert (e.g. `push_speed`, `travel_speed`)."""
-    if action_noise < 0:
-        raise ValueError(f"action_noise must be ≥ 0, got {action_noise}")
-    if name == "random":
-        if policy_kwargs:
-            raise ValueError(f"the random policy takes no options, got {sorted(policy_kwargs)}")
-        if isinstance(env.unwrapped, pusht.PushTEnv):
-            return PushTRandomPolicy(rng)
-        return RandomPolicy(env.unwrapped.action_dim, rng)
-    if name == "expert":
-        if not isinstance(env.unwrapped, pusht.PushTEnv):
-            raise ValueError(f"no expert policy for {type(env.unwrapped).__name__}")
-        try:
-            return PushTExpert(rng, action_noise, **policy_kwargs)
-        except TypeError as exc:
-            raise ValueError(f"invalid expert option: {exc}") from None
-    raise ValueError(f"unknown policy {name!r} (known: {', '.join(POLICIES)})")

@@ -1,0 +1,63 @@
+"""World models: one module per model, `lewm/models/<name>.py`, chosen by `model.name` in params.yaml.
+
+A model module defines `Config` (the frozen dataclass of its `model.<name>` settings) and `Model`, an
+`nn.Module` built as `Model(config, image_size, action_dim, frameskip, history)` that satisfies
+`WorldModel`. Training, planning, probing and VoE use nothing else, so a model whose latent is one vector
+per frame (D,) and one with patch tokens (N, D) both fit: code that reduces a latent flattens its trailing
+axes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+CostFn = Callable[[Tensor], Tensor]
+"""Maps candidate action blocks `(S, H, block_dim)` to costs `(S,)`; lower is better."""
+
+
+class WorldModel(Protocol):
+    """What the rest of the code needs from a world model (an `nn.Module`)."""
+
+    image_size: int  # square frames, pixels
+    action_dim: int  # raw action size A
+    frameskip: int  # raw actions per action block (block_dim = frameskip·A)
+    history: int  # context frames the predictor reads
+
+    def encode(self, pixels: Tensor) -> Tensor:
+        """uint8 `(B, [T,] 3, H, W)` frames → latents `(B, [T,] *latent_shape)`."""
+
+    def predict(self, z: Tensor, action_blocks: Tensor) -> Tensor:
+        """Teacher-forced next latents: `(B, T ≤ history, *latent)` and `(B, T, block_dim)` →
+        `(B, T, *latent)`, output t being the prediction of latent t + 1."""
+
+    def rollout(self, z_context: Tensor, action_blocks: Tensor) -> Tensor:
+        """Autoregressive imagination from observed latents `(1 or B, [C,] *latent)` under action blocks
+        `(B, H, block_dim)` → the H imagined latents `(B, H, *latent)`."""
+
+    def planning_cost(self, z_context: Tensor, z_goal: Tensor) -> CostFn:
+        """The cost a solver minimises to reach the goal latent `z_goal` from `z_context`."""
+
+    def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The training loss of a batch of clips (lewm/data/clips.py): `total` (what is minimised) and the
+        scalar terms to log, with gradients, then `embeddings` (detached, `(B, T, *latent)`) for the
+        collapse diagnostics."""
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter counts per part, and `total`."""
+
+
+def goal_distance_cost(model: WorldModel, z_context: Tensor, z_goal: Tensor) -> CostFn:
+    """Cost of candidate blocks: squared distance, summed over every latent axis, between the last latent
+    the model imagines from `z_context` and `z_goal` (one frame's latent, with or without a batch axis)."""
+
+    def cost(candidates: Tensor) -> Tensor:
+        with torch.inference_mode():
+            imagined = model.rollout(z_context, candidates)[:, -1]
+            goal = z_goal.reshape(1, *imagined.shape[1:])
+            return (imagined - goal).pow(2).flatten(1).sum(dim=1)
+
+    return cost
