@@ -1,7 +1,7 @@
 """λ search by bisection on a log scale (reference §13: λ is LeWM's one effective hyperparameter).
 
 The search is a pure function of `evaluate(λ) -> TrialResult`, so it is tested with synthetic curves and
-reused unchanged by the pipeline, whose trials train a model and plan on validation pairs.
+reused unchanged by lewm/lambda_trials.py, whose trials train a model and plan on validation pairs.
 
 Criterion: a trial's planning success rate on the validation pairs; ties (success rates are coarse, a few
 dozen episodes) go to the lower validation prediction loss. A collapsed trial (effective rank below the
