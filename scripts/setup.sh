@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 say() { printf 'setup: %s\n' "$*"; }
 
-if ldconfig -p 2>/dev/null | grep -q libOSMesa; then
+if PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null | grep -q libOSMesa; then
     say "system library libosmesa6 (headless MuJoCo rendering): present"
 else
     say "system library libosmesa6 (headless MuJoCo rendering): installing with apt-get"
