@@ -124,7 +124,7 @@ def test_adaln_zero_blocks_are_the_identity_at_init() -> None:
     model = _model()
     x, cond = torch.randn(4, HISTORY, TINY.embed_dim), torch.randn(4, HISTORY, TINY.embed_dim)
     for block in model.predictor.blocks:
-        torch.testing.assert_close(block(x, cond), x, rtol=0, atol=0)
+        torch.testing.assert_close(block(x, block.modulation(cond)), x, rtol=0, atol=0)
 
 
 def test_rollout_equals_step_by_step_predict_with_history_truncation() -> None:

@@ -167,8 +167,9 @@ class AdaLNZeroBlock(nn.Module):
         nn.init.zeros_(self.modulation[1].weight)
         nn.init.zeros_(self.modulation[1].bias)
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.modulation(cond).chunk(6, -1)
+    def forward(self, x: Tensor, modulation: Tensor) -> Tensor:
+        """`modulation` = `self.modulation(cond)` (B, T, 6·dim), computed by the caller once per token."""
+        shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, -1)
         x = x + gate_attn * self.attn(self.norm_attn(x) * (1 + scale_attn) + shift_attn)
         return x + gate_mlp * self.mlp(self.norm_mlp(x) * (1 + scale_mlp) + shift_mlp)
 
@@ -189,10 +190,20 @@ class Predictor(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, z: Tensor, action_emb: Tensor) -> Tensor:
+    def conditioning(self, action_emb: Tensor) -> list[Tensor]:
+        """Every block's AdaLN modulation of the action embeddings (B, L, D): a token's modulation depends
+        on its own action only, so a rollout computes it once per token instead of once per window."""
+        return [block.modulation(action_emb) for block in self.blocks]
+
+    def forward(self, z: Tensor, action_emb: Tensor | None = None,
+                modulations: list[Tensor] | None = None) -> Tensor:
+        """Tokens `z` (B, T, D) conditioned on `action_emb` (B, T, D), or on its precomputed
+        `conditioning` sliced to the same T tokens."""
+        if modulations is None:
+            modulations = self.conditioning(action_emb)
         x = z + self.positions[:, : z.shape[1]]
-        for block in self.blocks:
-            x = block(x, action_emb)
+        for block, modulation in zip(self.blocks, modulations, strict=True):
+            x = block(x, modulation)
         return self.norm(x)
 
 
@@ -263,12 +274,13 @@ class LeWM(nn.Module):
                     f"rollout with {num_context} context embeddings needs {num_context - 1} context_actions"
                 )
             action_blocks = torch.cat([context_actions.expand(batch, -1, -1), action_blocks], dim=1)
-        action_emb = self.action_encoder(action_blocks)  # (B, C−1+H, D): token i follows embedding i
+        # token i follows embedding i; its action encoding and AdaLN modulation are computed once here
+        modulations = self.predictor.conditioning(self.action_encoder(action_blocks))  # (B, C−1+H, 6D) each
         sequence = list(z_context.expand(batch, -1, -1).unbind(1))
         for end in range(num_context, num_context + horizon):
             start = max(0, end - self.history)
             window = torch.stack(sequence[start:end], dim=1)
-            last = self.predictor(window, action_emb[:, start:end])[:, -1]
+            last = self.predictor(window, modulations=[m[:, start:end] for m in modulations])[:, -1]
             sequence.append(self.pred_proj(last))
         return torch.stack(sequence[num_context:], dim=1)
 
