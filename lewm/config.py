@@ -24,6 +24,7 @@ import yaml
 from lewm.parts import MODELS, SOLVERS, part_module, part_names
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PRECISIONS = ("auto", "bf16", "fp32")  # train.precision, plan.precision (lewm.runtime.autocast)
 DEFAULT_PARAMS_PATH = PROJECT_ROOT / "params.yaml"
 
 
@@ -85,6 +86,7 @@ class TrainConfig:
     plan_eval_episodes: int
     num_workers: int
     device: str  # auto | cpu | cuda | cuda:N
+    precision: str  # auto (bf16 where the device computes it natively, else fp32) | bf16 | fp32
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class PlanConfig:
     horizon: int  # action blocks
     receding: int  # blocks executed before replanning
     seed: int
+    precision: str  # auto | bf16 | fp32, as train.precision (encoding and rollouts of a solve)
     settings: Any
 
 
@@ -322,14 +325,19 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         name: build_section(DataConfig, section, f"data.{name}")
         for name, section in (merged.get("data") or {}).items()
     }
+    train = build_section(TrainConfig, merged.get("train"), "train")
+    plan = build_choice(PlanConfig, merged.get("plan"), "plan", "solver", SOLVERS)
+    for where, precision in (("train.precision", train.precision), ("plan.precision", plan.precision)):
+        if precision not in PRECISIONS:
+            raise ConfigError(f"{where}: {precision!r} is not one of {', '.join(PRECISIONS)}")
     return Params(
         profile=str(merged.get("profile", "cpu")),
         envs=envs,
         data=data,
         clip=build_section(ClipConfig, merged.get("clip"), "clip"),
         model=build_choice(ModelConfig, merged.get("model"), "model", "name", MODELS),
-        train=build_section(TrainConfig, merged.get("train"), "train"),
-        plan=build_choice(PlanConfig, merged.get("plan"), "plan", "solver", SOLVERS),
+        train=train,
+        plan=plan,
         eval=build_section(EvalConfig, merged.get("eval"), "eval"),
         probe=build_section(ProbeConfig, merged.get("probe"), "probe"),
         voe=build_section(VoEConfig, merged.get("voe"), "voe"),

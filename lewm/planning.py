@@ -30,6 +30,7 @@ from torch import Tensor
 from lewm.checkpoint import ModelMeta
 from lewm.config import PlanConfig
 from lewm.parts import SOLVERS, part_module
+from lewm.runtime import autocast, resolve_precision
 from lewm.solvers import Solver
 from lewm.world import SuccessFn
 
@@ -69,6 +70,7 @@ class LatentMPCAgent:
         self.action_stats = meta.action_stats
         self.action_dim, self.image_size = meta.action_dim, meta.image_size
         self.device = next(model.parameters()).device
+        self.precision = resolve_precision(self.device, plan_cfg.precision)
         self.solver = make_solver(plan_cfg, meta.frameskip * meta.action_dim, seed, self.device)
         self.z_goal: Tensor | None = None
         self.solve_times: list[float] = []
@@ -83,7 +85,8 @@ class LatentMPCAgent:
             raise RuntimeError("LatentMPCAgent.act called before start(goal_pixels)")
         started = time.perf_counter()
         z_now = self._encode(pixels)
-        result = self.solver.solve(self.model.planning_cost(z_now, self.z_goal))
+        with autocast(self.device, self.precision):
+            result = self.solver.solve(self.model.planning_cost(z_now, self.z_goal))
         blocks = result.plan[: self.plan_cfg.receding].cpu()
         self.solve_times.append(time.perf_counter() - started)
         raw = self.action_stats.denormalize(blocks.double().numpy())
@@ -95,8 +98,8 @@ class LatentMPCAgent:
             raise ValueError(f"the env renders {pixels.shape} frames but the model expects "
                              f"({self.image_size}, {self.image_size}, 3)")
         frame = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None].to(self.device)
-        with torch.inference_mode():
-            return self.model.encode(frame)
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            return self.model.encode(frame).float()
 
 
 class RandomAgent:

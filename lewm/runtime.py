@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lewm.config import PRECISIONS
+
 
 def resolve_device(name: str) -> torch.device:
     """`auto` → the local CUDA device if there is one, else CPU."""
@@ -21,6 +23,8 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but no CUDA device is available")
+    if device.type == "cuda" and device.index is None:  # `cuda`: this process's GPU under torchrun
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return device
 
 
@@ -39,3 +43,28 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 matmuls natively: a CUDA device with bf16, or a CPU with AMX or
+    AVX512-BF16 (elsewhere bf16 on the CPU is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """`auto` → `bf16` where the device computes it natively (`native_bf16`), else `fp32`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The autocast context of `precision` (after `resolve_precision`) on `device`: bf16 matmuls with fp32
+    weights and reductions, or plain fp32 (disabled)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

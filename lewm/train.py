@@ -2,11 +2,11 @@
 
 The model owns its objective (`WorldModel.__call__(batch)` returns the loss terms, lewm/models/); this loop
 owns everything else: AdamW, linear warm-up then cosine decay stepped every optimiser step, gradient
-clipping, bf16 autocast on GPU (fp32 on CPU), validation and collapse diagnostics, checkpoints every N
-steps, and exact resumption: the batch order is a pure function of (seed, step) and every random state is
-checkpointed, so an interrupted run that resumes ends with the same weights as an uninterrupted one. Under
-`torchrun` it runs DDP: each rank takes its slice of the global batch, BatchNorm is synchronised and
-SIGReg reduces its statistics across ranks.
+clipping, bf16 autocast where the device computes bf16 natively (`train.precision`), validation and
+collapse diagnostics, checkpoints every N steps, and exact resumption: the batch order is a pure function
+of (seed, step) and every random state is checkpointed, so an interrupted run that resumes ends with the
+same weights as an uninterrupted one. Under `torchrun` it runs DDP: each rank takes its slice of the
+global batch, BatchNorm is synchronised and SIGReg reduces its statistics across ranks.
 
 Checkpoint selection during training (e.g. by planning success) is a `CheckpointSelector` passed in by
 the caller, so training does not depend on planning or evaluation code.
@@ -36,7 +36,7 @@ from lewm.data.storage import EpisodeStore
 from lewm.diagnostics import embedding_stats, straightness
 from lewm.io import write_json
 from lewm.progress import progress_bar
-from lewm.runtime import init_distributed, resolve_device, seed_everything
+from lewm.runtime import autocast, init_distributed, resolve_device, resolve_precision, seed_everything
 
 # Train params that change how a run is executed or logged, not what it computes.
 _EXECUTION_ONLY_KEYS = ("checkpoint_every", "log_every", "val_every", "num_workers", "device")
@@ -352,15 +352,15 @@ def train(
     )
     val_batches = fixed_val_batches(data.val_set, cfg.batch_size, cfg.val_batches, cfg.seed)
     trajectories = strided_trajectories(data.store, params.clip.frameskip)
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    precision = resolve_precision(device, cfg.precision)
+    mixed = autocast(device, precision)
 
     if tracker is not None and is_main:
         run.run_id = tracker.start(run.run_id)
         tracker.log_params({**params.raw, "derived": {
             "total_steps": data.total_steps, "steps_per_epoch": data.steps_per_epoch,
             "train_clips": len(data.train_set), "val_clips": len(data.val_set), "world_size": world_size,
-            "device": str(device), "parameters": model.num_parameters()}})
+            "device": str(device), "precision": precision, "parameters": model.num_parameters()}})
 
     if run.rng is not None:
         torch.set_rng_state(run.rng[0])
@@ -374,7 +374,7 @@ def train(
         # One optimiser step.
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(run.step, data.total_steps, cfg.lr, cfg.warmup_fraction)
-        with autocast:
+        with mixed:
             out = step_model(to_device(batch, device))
         optimizer.zero_grad(set_to_none=True)
         out["total"].backward()
@@ -394,7 +394,7 @@ def train(
                 tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, run.step)
             window = LossWindow()
         if is_main and (run.step % cfg.val_every == 0 or at_end):
-            log_validation(run, validate(model, val_batches, trajectories, device, autocast), tracker)
+            log_validation(run, validate(model, val_batches, trajectories, device, mixed), tracker)
         if is_main and selector is not None and (run.step % cfg.plan_eval_every == 0 or at_end):
             scores = selector(model, meta)
             log_validation(run, scores, tracker)
@@ -408,6 +408,7 @@ def train(
     bar.close()
 
     metrics = final_metrics(run.history, time.perf_counter() - started, run.step, start_step, cfg.batch_size)
+    metrics["bf16"] = float(precision == "bf16")
     final_path = out_dir / "model.pt"
     if is_main:
         save_training_checkpoint(final_path, model, optimizer, meta, fingerprint, run, device)

@@ -56,8 +56,8 @@ def goal_distance_cost(model: WorldModel, z_context: Tensor, z_goal: Tensor) -> 
 
     def cost(candidates: Tensor) -> Tensor:
         with torch.inference_mode():
-            imagined = model.rollout(z_context, candidates)[:, -1]
-            goal = z_goal.reshape(1, *imagined.shape[1:])
+            imagined = model.rollout(z_context, candidates)[:, -1].float()  # fp32 costs, also under autocast
+            goal = z_goal.float().reshape(1, *imagined.shape[1:])
             return (imagined - goal).pow(2).flatten(1).sum(dim=1)
 
     return cost
