@@ -23,8 +23,10 @@ test: install
 test-slow: install
 	$(VENV)/python -m pytest -m slow -q
 
+# The speed suite: prints a table of figures with ratios against references measured in the same run and
+# writes bench/results.json (machine, commit, medians). Other scripts in bench/ are run by hand.
 bench: install
-	@for script in bench/bench_*.py; do echo "== $$script"; $(VENV)/python $$script || exit 1; done
+	$(VENV)/python bench/suite.py
 
 lint: install
 	$(VENV)/ruff check .
