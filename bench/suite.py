@@ -16,6 +16,8 @@ Sections (medians over repeats, after a warm-up):
   predictor's action conditioning recomputed for every window position (the rollout before caching).
 - `env`: Push-T physics steps/s (reference), render frames/s at the profile's image size, and
   data-generation transitions/s (one worker, writing a dataset).
+- `compile` (only when asked for with `--sections`): the training step through `torch.compile` against
+  eager, and the compile time.
 """
 
 from __future__ import annotations
@@ -114,8 +116,10 @@ def synthetic_batch(params: Params, meta: ModelMeta) -> dict[str, torch.Tensor]:
     }
 
 
-def train_step_seconds(params: Params, meta: ModelMeta, precision: str, repeats: int) -> tuple[float, float]:
-    """(median seconds per optimiser step, FLOPs per step) of the training step at `precision`."""
+def train_step_seconds(params: Params, meta: ModelMeta, precision: str, repeats: int,
+                       compiled: bool = False) -> tuple[float, float]:
+    """(median seconds per optimiser step, FLOPs per step) of the training step at `precision`; with
+    `compiled`, the model goes through `torch.compile` and the FLOPs slot holds the compile seconds."""
     torch.manual_seed(0)
     model = meta.build().train()
     cfg = params.train
@@ -131,6 +135,11 @@ def train_step_seconds(params: Params, meta: ModelMeta, precision: str, repeats:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
 
+    if compiled:
+        model.compile()
+        started = time.perf_counter()
+        step()  # compiles forward and backward
+        return median_seconds(step, repeats, warmup=1), time.perf_counter() - started
     counter = FlopCounterMode(display=False)
     with counter:
         step()
@@ -154,6 +163,19 @@ def train_rows(params: Params, meta: ModelMeta, peaks: dict[str, float], repeats
                  row("train", f"achieved {precision}", flops / step_s / 1e9, "GFLOP/s",
                      f"{precision} GEMM peak", flops / step_s / peaks[precision])]
     return rows, batch_size / step_s
+
+
+def compile_rows(params: Params, meta: ModelMeta, repeats: int) -> list[Row]:
+    """The training step through `torch.compile` at `train.precision`, against eager, with compile time."""
+    precision = resolve_precision(torch.device("cpu"), params.train.precision)
+    eager_s, _ = train_step_seconds(params, meta, precision, repeats)
+    compiled_s, compile_s = train_step_seconds(params, meta, precision, repeats, compiled=True)
+    batch_size = params.train.batch_size
+    return [row("compile", f"step {precision} eager (reference)", batch_size / eager_s, "clips/s"),
+            row("compile", f"step {precision} torch.compile", batch_size / compiled_s, "clips/s",
+                "eager", eager_s / compiled_s),
+            row("compile", "compile time (first step)", compile_s, "s", "eager steps",
+                compile_s / eager_s)]
 
 
 # ---------------------------------------------------------------------------------------------- loader
@@ -310,7 +332,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure (median)")
     parser.add_argument("--out", default=str(PROJECT_ROOT / "bench" / "results.json"))
-    parser.add_argument("--sections", default="gemm,train,loader,plan,env")
+    parser.add_argument("--sections", default="gemm,train,loader,plan,env",
+                        help="comma-separated; `compile` (torch.compile of the training step) is extra")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     params = load_params(overrides=args.overrides)
@@ -327,6 +350,8 @@ def main() -> None:
         rows += train if "train" in sections else []
     if "loader" in sections:
         rows += loader_rows(params, train_rate)
+    if "compile" in sections:
+        rows += compile_rows(params, meta, args.repeats)
     if "plan" in sections:
         rows += plan_rows(params, meta, args.repeats)
     if "env" in sections:

@@ -15,6 +15,7 @@ from pathlib import Path
 from lewm.config import PlanConfig, load_params, section_mapping
 from lewm.evaluation import evaluate_model, read_manifest
 from lewm.io import atomic_file, write_json
+from lewm.runtime import resolve_precision
 from lewm.tracking import append_to_run
 from pipelines._cli import base_parser, run_cli
 from pipelines._stage import load_model_and_data, training_run_id
@@ -38,6 +39,8 @@ def plan_stage(
                                    episodes=pairs, gif_dir=gif_dir if params.eval.gifs else None,
                                    progress=progress)
     summary.update(solver_settings(params.plan))
+    device = next(loaded.model.parameters()).device
+    summary["bf16"] = float(resolve_precision(device, params.plan.precision) == "bf16")
     with atomic_file(out_dir / "episodes.parquet") as tmp:
         rows.to_parquet(tmp, index=False)
     write_json(out_dir / "metrics.json", summary)
