@@ -14,7 +14,7 @@ Sections (medians over repeats, after a warm-up):
 - `plan`: one CEM solve (encode + `plan.cem.samples` candidates × iterations × horizon rollouts), at 10 and
   30 iterations, of the agent at `plan.precision` against a plain reference loop: fp32, and the
   predictor's action conditioning recomputed for every window position (the rollout before caching).
-- `env`: Push-T physics steps/s (reference), render frames/s at the profile's image size, and
+- `env`: per world in `envs`, physics steps/s (reference), render frames/s at its `data` image size, and
   data-generation transitions/s (one worker, writing a dataset).
 - `compile` (only when asked for with `--sections`): the training step through `torch.compile` against
   eager, and the compile time.
@@ -268,8 +268,8 @@ def plan_rows(params: Params, meta: ModelMeta, repeats: int) -> list[Row]:
 # ------------------------------------------------------------------------------------------------- env
 
 
-def env_rows(params: Params, repeats: int, steps: int = 400) -> list[Row]:
-    env_name = params.envs[0]
+def env_rows(params: Params, env_name: str, repeats: int, steps: int = 400) -> list[Row]:
+    """Physics, render, step + render and data-generation rates of one world at its `data` image size."""
     world = get_world(env_name)
     data = params.data_for(env_name)
     env = world.make_env(image_size=data.image_size, max_steps=steps)
@@ -298,7 +298,8 @@ def env_rows(params: Params, repeats: int, steps: int = 400) -> list[Row]:
             row("env", f"{env_name} render {data.image_size} px", renders, "frames/s", "physics",
                 renders / physics),
             row("env", f"{env_name} step + render", stepped, "steps/s", "physics", stepped / physics),
-            row("env", "generation, 1 worker", generated, "transitions/s", "physics", generated / physics)]
+            row("env", f"{env_name} generation, 1 worker", generated, "transitions/s", "physics",
+                generated / physics)]
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -355,7 +356,8 @@ def main() -> None:
     if "plan" in sections:
         rows += plan_rows(params, meta, args.repeats)
     if "env" in sections:
-        rows += env_rows(params, args.repeats)
+        for env_name in params.envs:
+            rows += env_rows(load_params(overrides=args.overrides, env=env_name), env_name, args.repeats)
     print_table(rows)
     out = Path(args.out)
     write_json(out, {"machine": info, "profile": params.profile, "overrides": args.overrides,

@@ -5,6 +5,10 @@ The file's top-level sections hold the default CPU profile. `profile: <name>` ap
 profile lives in the same file and `dvc exp run -S profile=paper` switches to it; `profiles.cpu` is
 empty, and `profiles.smoke` is the tiny chain that `make smoke` runs.
 
+`env_overrides.<env>` is a second overlay of the same shape for one world (e.g. its training steps or
+evaluation settings), applied after the profile when a stage loads the params of that world
+(`load_params(env=...)`). Every world in `envs` has an entry (`{}` for none): DVC stages depend on it.
+
 Every section becomes a frozen dataclass; unknown or mistyped keys raise `ConfigError` naming the key,
 so a typo in params.yaml fails at start-up instead of silently using a default.
 """
@@ -298,20 +302,39 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return overlay
 
 
-def resolve_raw(raw: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Apply command-line overrides, then the selected profile's overlay, to a raw params mapping."""
+_NOT_OVERRIDABLE = ("profile", "profiles", "envs", "env_overrides")
+
+
+def resolve_raw(raw: dict[str, Any], overrides: dict[str, Any] | None = None,
+                env: str | None = None) -> dict[str, Any]:
+    """Apply command-line overrides, the selected profile's overlay and, with `env`, that world's
+    `env_overrides` entry to a raw params mapping (explicit overrides win, then the world, then the
+    profile)."""
     merged = deep_merge(raw, overrides or {})
     profile = merged.get("profile", "cpu")
     profiles = {"cpu": {}, **(merged.get("profiles") or {})}  # cpu: the top-level sections as they are
     if profile not in profiles:
         raise ConfigError(f"profile: unknown profile {profile!r} (known: {', '.join(profiles)})")
     merged = deep_merge(merged, profiles[profile] or {})
-    # explicit overrides beat the profile overlay
-    return deep_merge(merged, overrides or {})
+    merged = deep_merge(merged, overrides or {})
+    env_overrides = _check_type(merged.get("env_overrides") or {}, dict[str, Any], "env_overrides")
+    for name in _check_type(merged.get("envs"), list[str], "envs"):
+        if not isinstance(env_overrides.get(name), dict):
+            raise ConfigError(f"env_overrides.{name}: missing; every world in `envs` has an entry "
+                              f"(`{name}: {{}}` for none), because its DVC stages depend on it")
+    for name, overlay in env_overrides.items():
+        fixed = sorted(set(overlay or {}) & set(_NOT_OVERRIDABLE))
+        if fixed:
+            raise ConfigError(f"env_overrides.{name}.{fixed[0]}: cannot be set per world")
+    if env is None:
+        return merged
+    return deep_merge(deep_merge(merged, env_overrides.get(env) or {}), overrides or {})
 
 
-def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> Params:
-    """Read params.yaml (or `path`), apply `overrides` (`key=value`) and the profile overlay."""
+def load_params(path: str | Path | None = None, overrides: list[str] | None = None,
+                env: str | None = None) -> Params:
+    """Read params.yaml (or `path`), apply `overrides` (`key=value`), the profile overlay and, with `env`,
+    that world's `env_overrides` entry."""
     path = Path(path) if path else DEFAULT_PARAMS_PATH
     if not path.is_file():
         raise ConfigError(f"{path}: parameter file not found")
@@ -319,7 +342,7 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    merged = resolve_raw(raw, parse_overrides(overrides or []))
+    merged = resolve_raw(raw, parse_overrides(overrides or []), env)
     envs = _check_type(merged.get("envs"), list[str], "envs")
     data = {
         name: build_section(DataConfig, section, f"data.{name}")

@@ -57,11 +57,11 @@ class SearchSetup:
     def trial_params(self, lambda_: float) -> Params:
         """The parameters of the trial at `lambda_`: the search's, with λ, steps and seed overridden (and
         no planning checks during training: the trial plans once, at the end)."""
-        params = load_params(self.params_path, list(self.overrides))
+        params = load_params(self.params_path, list(self.overrides), self.env)
         cfg = params.bisect
         trial = [f"model.{params.model.name}.lambda={lambda_!r}", f"train.max_steps={cfg.train_steps}",
                  f"train.seed={cfg.seed}", "train.plan_eval_every=0"]
-        return load_params(self.params_path, [*self.overrides, *trial])
+        return load_params(self.params_path, [*self.overrides, *trial], self.env)
 
 
 @dataclass
@@ -168,7 +168,7 @@ def prepare(
     """Check the dataset and write the validation manifest every trial is scored on."""
     from lewm.evaluation import build_manifest, write_manifest
 
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, env)
     data_dir = Path(data_dir or f"data/{env}")
     out_dir = Path(out_dir or f"runs/{env}/bisect")
     store = open_dataset(env, data_dir)
@@ -242,7 +242,7 @@ def run_search(
     from lewm.tracking import create_run, end_run
 
     overrides = list(overrides or [])
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, env)
     cfg = params.bisect
     parent_run_id = None
     if track:

@@ -96,7 +96,7 @@ def run_analysis_stage(
     """The body of an analysis stage (probe, voe): analyse runs/<env>/train/model.pt on data/<env>, write
     runs/<env>/<stage>/{`table_name`, metrics.json, <stage>.png} and append them to the model's MLflow run
     (metrics prefixed `<stage>/`). Returns the flat metrics."""
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, env)
     model_path = Path(model_path or f"runs/{env}/train/model.pt")
     out_dir = Path(out_dir or f"runs/{env}/{stage}")
     torch_device = resolve_device(device)

@@ -29,7 +29,7 @@ def generate_stage(
     progress: bool = True,
 ) -> Path:
     """Generate data/<env> (or `out_dir`) from the `data.<env>` section of the parameters."""
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, env)
     return generate_dataset(env, params.data_for(env), out_dir or Path("data") / env, progress=progress)
 
 

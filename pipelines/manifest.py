@@ -22,7 +22,7 @@ def manifest_stage(
     data_dir: str | Path | None = None, out_dir: str | Path | None = None,
 ) -> dict[str, Path]:
     """Draw the test and val manifests from data/<env> into runs/<env>/manifests/."""
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, env)
     store = EpisodeStore.open(data_dir or f"data/{env}")
     out_dir = Path(out_dir or f"runs/{env}/manifests")
     val_pairs = max(params.bisect.val_episodes, params.train.plan_eval_episodes)

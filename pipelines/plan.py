@@ -28,7 +28,7 @@ def plan_stage(
 ) -> dict[str, float]:
     """Evaluate runs/<env>/train/model.pt on runs/<env>/manifests/test.parquet (or its first `pairs` pairs,
     a uniform subset); return the summary."""
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, env)
     model_path = Path(train_dir or f"runs/{env}/train") / "model.pt"
     out_dir = Path(out_dir or f"runs/{env}/plan")
     loaded, store = load_model_and_data(env, model_path, f"data/{env}")

@@ -31,7 +31,7 @@ def train_stage(
 ) -> TrainOutcome:
     """Train on data/<env> into runs/<env>/train and record the MLflow run id in run.json. A tracked run's
     model becomes a version of the registered model `tracking.registered_model`."""
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, env)
     data_dir = Path(data_dir or f"data/{env}")
     out_dir = Path(out_dir or f"runs/{env}/train")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,25 @@ def test_unknown_profile_names_the_known_ones():
         load_params(overrides=["profile=laptop"])
 
 
+def test_env_overrides_apply_to_their_world_only_and_explicit_overrides_win():
+    overlay = "env_overrides.pusht.train.max_steps=7"
+    assert load_params(overrides=[overlay], env="pusht").train.max_steps == 7
+    assert load_params(overrides=[overlay]).train.max_steps == load_params().train.max_steps
+    assert load_params(overrides=[overlay, "train.max_steps=9"], env="pusht").train.max_steps == 9
+    smoke = load_params(overrides=[overlay, "profile=smoke"], env="pusht")
+    assert smoke.train.max_steps == 7 and smoke.train.batch_size == 16  # after the profile overlay
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("envs=[pusht, other]", r"env_overrides\.other: missing; every world in `envs` has an entry"),
+    ("env_overrides.pusht.envs=[pusht]", r"env_overrides\.pusht\.envs: cannot be set per world"),
+    ("env_overrides.pusht.train.max_stepz=3", r"train\.max_stepz: unknown parameter"),
+])
+def test_bad_env_overrides_fail_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(overrides=[override], env="pusht")
+
+
 def test_setup_and_ci_scripts_are_executable_shell():
     for script in ("scripts/setup.sh", "scripts/smoke.sh", ".ci/run"):
         subprocess.run(["bash", "-n", str(PROJECT_ROOT / script)], check=True, timeout=30)
