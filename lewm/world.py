@@ -60,11 +60,14 @@ _AXIS_NAME = re.compile(r"^(?P<prefix>.+)_(?P<velocity>v?)(?P<axis>[xyz])$")
 
 @dataclass(frozen=True)
 class Quantity:
-    """A probed physical quantity: state columns, read as (sin, cos) pairs when `is_angle`."""
+    """A probed physical quantity: state columns, read as (sin kθ, cos kθ) pairs when `is_angle`, with k =
+    `folds` for a shape with a k-fold symmetry (a cube's yaw: 4), whose targets then stay continuous where
+    the folded angle wraps."""
 
     name: str
     columns: tuple[int, ...]
     is_angle: bool = False
+    folds: int = 1
 
     @property
     def dims(self) -> int:
@@ -74,7 +77,7 @@ class Quantity:
         """Targets (N, dims) of this quantity from states (N, S)."""
         selected = np.asarray(states, dtype=np.float64)[:, list(self.columns)]
         if self.is_angle:
-            return np.concatenate([np.sin(selected), np.cos(selected)], axis=1)
+            return np.concatenate([np.sin(self.folds * selected), np.cos(self.folds * selected)], axis=1)
         return selected
 
 

@@ -124,7 +124,7 @@ def test_make_policy_types_and_errors():
     with pytest.raises(ValueError, match="action_noise"):
         WORLD.make_policy("expert", rng, -0.1)
     # Policies belong to a world now: there is no expert for a world that does not exist.
-    with pytest.raises(ValueError, match=r"unknown environment 'CartPole' \(known: pusht, tworoom"):
+    with pytest.raises(ValueError, match=r"unknown environment 'CartPole' \(known: cube, pusht"):
         get_world("CartPole")
 
 

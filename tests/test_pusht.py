@@ -188,9 +188,9 @@ def test_unknown_names_raise_value_errors_naming_the_known_ones():
         success(GOAL, GOAL, "coverage")
     with pytest.raises(ValueError, match="reference, block"):
         PushTEnv(success_predicate="coverage")
-    with pytest.raises(ValueError, match=r"unknown environment 'x' \(known: pusht, tworoom"):
+    with pytest.raises(ValueError, match=r"unknown environment 'x' \(known: cube, pusht"):
         make_env("x")
-    with pytest.raises(ValueError, match="known: pusht, tworoom"):
+    with pytest.raises(ValueError, match="known: cube, pusht"):
         get_world("x")
 
 

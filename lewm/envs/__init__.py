@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")  # headless MuJoCo; must be set before `import mujoco`
+# PyOpenGL loads Mesa (and its libLLVM) with RTLD_GLOBAL when a MuJoCo world is imported; triton, which
+# torch imports later (timm → torchvision → torch._dynamo), then loads its own LLVM and the process
+# segfaults. Loaded first, triton keeps its own symbols.
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: F401
 
 from typing import Any
 

@@ -1,0 +1,42 @@
+"""The Reacher world: the env (env.py), its data-collection policies (expert.py) and the spec the rest of
+the code reads (`WORLD`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lewm.envs.reacher import env
+from lewm.envs.reacher.env import PREDICATES, ReacherEnv, joint_errors, success
+from lewm.envs.reacher.expert import ReacherExpert
+from lewm.world import TELEPORT, Perturbation, UniformPolicy, World, physical_quantities
+
+
+def final_errors(state: np.ndarray, goal_state: np.ndarray) -> dict[str, float]:
+    """How far the arm ended from its goal: the largest wrapped joint-angle error (rad) and the
+    fingertip distance (m)."""
+    angle_error, fingertip_error = joint_errors(state, goal_state)
+    return {"joint_error": float(angle_error), "fingertip_error": float(fingertip_error)}
+
+
+ARM_COLOR_CHANGE = Perturbation(
+    before_step=lambda world_env, color: world_env.unwrapped.set_arm_color(color),
+    prepare=lambda context: tuple(context.settings.color),
+)
+"""The arm takes the colour `voe.color` from the perturbed frame on; the physics is untouched."""
+
+WORLD = World(
+    name="reacher",
+    env_class=ReacherEnv,
+    policies={
+        "expert": ReacherExpert,
+        "random": lambda rng, action_noise: UniformPolicy(ReacherEnv.action_dim, rng),
+    },
+    predicates=PREDICATES,
+    headline="reference",
+    success=success,
+    final_errors=final_errors,
+    probe_targets=physical_quantities(ReacherEnv.state_names),
+    perturbations={"color": ARM_COLOR_CHANGE, "teleport": TELEPORT},
+)
+
+__all__ = ["WORLD", "ReacherEnv", "ReacherExpert", "env"]
