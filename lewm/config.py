@@ -5,9 +5,11 @@ The file's top-level sections hold the default CPU profile. `profile: <name>` ap
 profile lives in the same file and `dvc exp run -S profile=paper` switches to it; `profiles.cpu` is
 empty, and `profiles.smoke` is the tiny chain that `make smoke` runs.
 
-`env_overrides.<env>` is a second overlay of the same shape for one world (e.g. its training steps or
-evaluation settings), applied after the profile when a stage loads the params of that world
-(`load_params(env=...)`). Every world in `envs` has an entry (`{}` for none): DVC stages depend on it.
+`env_overrides.<env>` holds one world's own values in the same shape (e.g. its training steps), applied
+when a stage loads the params of that world (`load_params(env=...)`): params.yaml's entry refines the CPU
+profile, a profile may hold entries of its own (`profiles.<name>.env_overrides`), and a profile's general
+values beat the CPU profile's per-world ones (`smoke` trains every world for a few steps). Every world in
+`envs` has an entry (`{}` for none): DVC stages depend on it.
 
 Every section becomes a frozen dataclass; unknown or mistyped keys raise `ConfigError` naming the key,
 so a typo in params.yaml fails at start-up instead of silently using a default.
@@ -307,28 +309,32 @@ _NOT_OVERRIDABLE = ("profile", "profiles", "envs", "env_overrides")
 
 def resolve_raw(raw: dict[str, Any], overrides: dict[str, Any] | None = None,
                 env: str | None = None) -> dict[str, Any]:
-    """Apply command-line overrides, the selected profile's overlay and, with `env`, that world's
-    `env_overrides` entry to a raw params mapping (explicit overrides win, then the world, then the
-    profile)."""
-    merged = deep_merge(raw, overrides or {})
-    profile = merged.get("profile", "cpu")
-    profiles = {"cpu": {}, **(merged.get("profiles") or {})}  # cpu: the top-level sections as they are
+    """Apply the selected profile's overlay, then command-line overrides, to a raw params mapping; with
+    `env`, each of the three layers (params.yaml's top level, the profile, the overrides) is followed by
+    its own `env_overrides.<env>` entry. So a world's entry beats the general values of its layer, and a
+    profile (e.g. `smoke`) still beats the CPU profile's per-world values."""
+    overrides = overrides or {}
+    combined = deep_merge(raw, overrides)
+    profile = combined.get("profile", "cpu")
+    profiles = {"cpu": {}, **(combined.get("profiles") or {})}  # cpu: the top-level sections as they are
     if profile not in profiles:
         raise ConfigError(f"profile: unknown profile {profile!r} (known: {', '.join(profiles)})")
-    merged = deep_merge(merged, profiles[profile] or {})
-    merged = deep_merge(merged, overrides or {})
-    env_overrides = _check_type(merged.get("env_overrides") or {}, dict[str, Any], "env_overrides")
+    layers = [("", raw), (f"profiles.{profile}.", profiles[profile] or {}), ("", overrides)]
+    merged: dict[str, Any] = {}
+    for where, layer in layers:
+        merged = deep_merge(merged, layer)
+        entries = _check_type(layer.get("env_overrides") or {}, dict[str, Any], f"{where}env_overrides")
+        for name, overlay in entries.items():
+            fixed = sorted(set(overlay or {}) & set(_NOT_OVERRIDABLE))
+            if fixed:
+                raise ConfigError(f"{where}env_overrides.{name}.{fixed[0]}: cannot be set per world")
+        if env is not None:
+            merged = deep_merge(merged, entries.get(env) or {})
     for name in _check_type(merged.get("envs"), list[str], "envs"):
-        if not isinstance(env_overrides.get(name), dict):
+        if not isinstance((merged.get("env_overrides") or {}).get(name), dict):
             raise ConfigError(f"env_overrides.{name}: missing; every world in `envs` has an entry "
                               f"(`{name}: {{}}` for none), because its DVC stages depend on it")
-    for name, overlay in env_overrides.items():
-        fixed = sorted(set(overlay or {}) & set(_NOT_OVERRIDABLE))
-        if fixed:
-            raise ConfigError(f"env_overrides.{name}.{fixed[0]}: cannot be set per world")
-    if env is None:
-        return merged
-    return deep_merge(deep_merge(merged, env_overrides.get(env) or {}), overrides or {})
+    return merged
 
 
 def load_params(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -71,13 +71,19 @@ def test_unknown_profile_names_the_known_ones():
         load_params(overrides=["profile=laptop"])
 
 
-def test_env_overrides_apply_to_their_world_only_and_explicit_overrides_win():
+def test_env_overrides_apply_to_their_world_only_and_each_layer_refines_the_one_before(tmp_path):
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+    raw["env_overrides"]["pusht"] = {"train": {"max_steps": 11}}
+    raw["profiles"]["paper"]["env_overrides"] = {"pusht": {"train": {"max_steps": 13}}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_params(path, env="pusht").train.max_steps == 11  # the world's CPU-profile value
+    assert load_params(path).train.max_steps == raw["train"]["max_steps"]  # no world: the general value
+    assert load_params(path, ["profile=smoke"], env="pusht").train.max_steps == 30  # the profile beats it
+    assert load_params(path, ["profile=paper"], env="pusht").train.max_steps == 13  # the profile's entry
+    assert load_params(path, ["train.max_steps=9"], env="pusht").train.max_steps == 9  # --set beats all
     overlay = "env_overrides.pusht.train.max_steps=7"
-    assert load_params(overrides=[overlay], env="pusht").train.max_steps == 7
-    assert load_params(overrides=[overlay]).train.max_steps == load_params().train.max_steps
-    assert load_params(overrides=[overlay, "train.max_steps=9"], env="pusht").train.max_steps == 9
-    smoke = load_params(overrides=[overlay, "profile=smoke"], env="pusht")
-    assert smoke.train.max_steps == 7 and smoke.train.batch_size == 16  # after the profile overlay
+    assert load_params(path, [overlay, "train.max_steps=9"], env="pusht").train.max_steps == 7
 
 
 @pytest.mark.parametrize(("override", "message"), [
