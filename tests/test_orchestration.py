@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lewm.config import PROJECT_ROOT
+from lewm.config import PROJECT_ROOT, load_params
 from pipelines import full
 from pipelines.serve import NIGHTLY_CRON, WEEKLY_CRON, deployments, require_server
 
@@ -115,7 +115,8 @@ def test_full_flow_runs_the_stages_in_order_and_stops_at_a_failure(prefect_harne
 
 def test_deployments_and_their_schedules():
     served = {f"{d.flow_name}/{d.name}": d for d in deployments(overrides=["train.max_steps=5"])}
-    assert set(served) == {"full-pipeline/nightly", "bisect/weekly-pusht"}
+    worlds = load_params().envs
+    assert set(served) == {"full-pipeline/nightly", *(f"bisect/weekly-{env}" for env in worlds)}
     nightly, weekly = served["full-pipeline/nightly"], served["bisect/weekly-pusht"]
     assert [s.schedule.cron for s in nightly.schedules] == [NIGHTLY_CRON] == ["0 2 * * *"]
     assert [s.schedule.cron for s in weekly.schedules] == [WEEKLY_CRON] == ["0 3 * * 0"]
