@@ -165,6 +165,15 @@ TELEPORT = Perturbation(
 """The whole scene jumps to a random valid state at rest: physically impossible, for any world."""
 
 
+def color_change(setter: str) -> Perturbation:
+    """An object takes the colour `voe.color` from the perturbed frame on, through the env's method
+    `setter` (e.g. `set_block_color`); the physics is untouched."""
+    return Perturbation(
+        before_step=lambda env, color: getattr(env.unwrapped, setter)(color),
+        prepare=lambda context: tuple(context.settings.color),
+    )
+
+
 # -------------------------------------------------------------------------------------------------- world
 
 

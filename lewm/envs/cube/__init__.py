@@ -8,7 +8,7 @@ import numpy as np
 from lewm.envs.cube import env
 from lewm.envs.cube.env import PREDICATES, CubeEnv, cube_errors, success
 from lewm.envs.cube.expert import CubeExpert
-from lewm.world import TELEPORT, Perturbation, Quantity, UniformPolicy, World, physical_quantities
+from lewm.world import TELEPORT, Quantity, UniformPolicy, World, color_change, physical_quantities
 
 
 def final_errors(state: np.ndarray, goal_state: np.ndarray) -> dict[str, float]:
@@ -37,12 +37,6 @@ def _probe_targets() -> tuple[Quantity, ...]:
     return tuple(quantities[name] for name in PROBED)
 
 
-CUBE_COLOR_CHANGE = Perturbation(
-    before_step=lambda world_env, color: world_env.unwrapped.set_cube_color(color),
-    prepare=lambda context: tuple(context.settings.color),
-)
-"""The cube takes the colour `voe.color` from the perturbed frame on; the physics is untouched."""
-
 WORLD = World(
     name="cube",
     env_class=CubeEnv,
@@ -55,7 +49,7 @@ WORLD = World(
     success=success,
     final_errors=final_errors,
     probe_targets=_probe_targets(),
-    perturbations={"color": CUBE_COLOR_CHANGE, "teleport": TELEPORT},
+    perturbations={"color": color_change("set_cube_color"), "teleport": TELEPORT},
 )
 
 __all__ = ["WORLD", "CubeEnv", "CubeExpert", "env"]

@@ -33,8 +33,9 @@ from typing import Any, ClassVar
 import gymnasium
 import mujoco
 import numpy as np
-from gymnasium import spaces
 
+from lewm.envs._common import action_space, check_reset_options, check_rgb, observation_space
+from lewm.envs._mujoco import offscreen_renderer
 from lewm.envs.cube import scene
 
 ACTION_SCALE = np.array([0.05, 0.05, 0.05, 0.3, 1.0])
@@ -164,19 +165,11 @@ class CubeEnv(gymnasium.Env):
         _check_predicate(success_predicate)
         self.image_size, self.max_steps, self.success_predicate = image_size, max_steps, success_predicate
         self.render_mode = "rgb_array"
-        self.action_space = spaces.Box(-1.0, 1.0, (self.action_dim,), dtype=np.float32)
-        self.observation_space = spaces.Dict({
-            "pixels": spaces.Box(0, 255, (image_size, image_size, 3), dtype=np.uint8),
-            "state": spaces.Box(-np.inf, np.inf, (len(self.state_names),), dtype=np.float64),
-            "proprio": spaces.Box(-np.inf, np.inf, (len(self.proprio_names),), dtype=np.float64),
-        })
+        self.action_space = action_space(self.action_dim)
+        self.observation_space = observation_space(image_size, len(self.state_names), len(self.proprio_names))
         self.model = mujoco.MjModel.from_xml_string(scene.MJCF)
-        self.model.vis.global_.offwidth = self.model.vis.global_.offheight = image_size
         self.data = mujoco.MjData(self.model)
-        self._renderer = mujoco.Renderer(self.model, image_size, image_size)
-        for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
-                     mujoco.mjtRndFlag.mjRND_SKYBOX):
-            self._renderer.scene.flags[flag] = 0
+        self._renderer = offscreen_renderer(self.model, image_size)
         self._cube_geom = self.model.geom("cube").id
         self._grip_sensor = self.model.sensor("grip").adr[0]
         self.set_cube_color(scene.CUBE_COLOR)
@@ -215,10 +208,7 @@ class CubeEnv(gymnasium.Env):
         """Start an episode from a random state (see `_random_state`), or from `options["state"]`;
         `options["goal_state"]` sets the goal (otherwise the episode has none)."""
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"state", "goal_state"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)} (known: goal_state, state)")
+        options = check_reset_options(options)
         self._steps = 0
         self.goal_state = None
         if "goal_state" in options:
@@ -302,9 +292,7 @@ class CubeEnv(gymnasium.Env):
     def set_cube_color(self, rgb: tuple[int, int, int]) -> None:
         """Change the cube's colour, e.g. for violation-of-expectation tests; takes effect from the next
         rendered frame (the physics is untouched)."""
-        if len(rgb) != 3 or not all(0 <= int(c) <= 255 for c in rgb):
-            raise ValueError(f"cube colour must be three integers in [0, 255], got {rgb}")
-        self.cube_color = tuple(int(c) for c in rgb)
+        self.cube_color = check_rgb(rgb, "cube colour")
         self.model.geom_rgba[self._cube_geom] = [*(c / 255 for c in self.cube_color), 1.0]
 
     def render(self) -> np.ndarray:

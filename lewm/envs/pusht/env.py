@@ -25,8 +25,9 @@ from typing import Any, ClassVar
 import gymnasium
 import numpy as np
 import pymunk
-from gymnasium import spaces
 from PIL import Image, ImageDraw
+
+from lewm.envs._common import action_space, check_reset_options, check_rgb, observation_space
 
 WORLD_SIZE = 512
 WALL_SEGMENTS = (((5, 506), (5, 5)), ((5, 5), (506, 5)), ((506, 5), (506, 506)), ((5, 506), (506, 506)))
@@ -148,12 +149,8 @@ class PushTEnv(gymnasium.Env):
         self.image_size, self.max_steps = image_size, max_steps
         self.render_goal, self.success_predicate = render_goal, success_predicate
         self.render_mode = "rgb_array"
-        self.action_space = spaces.Box(-1.0, 1.0, (self.action_dim,), dtype=np.float32)
-        self.observation_space = spaces.Dict({
-            "pixels": spaces.Box(0, 255, (image_size, image_size, 3), dtype=np.uint8),
-            "state": spaces.Box(-np.inf, np.inf, (len(self.state_names),), dtype=np.float64),
-            "proprio": spaces.Box(-np.inf, np.inf, (len(self.proprio_names),), dtype=np.float64),
-        })
+        self.action_space = action_space(self.action_dim)
+        self.observation_space = observation_space(image_size, len(self.state_names), len(self.proprio_names))
         self._canvas_size = SUPERSAMPLE * image_size
         self._scale = self._canvas_size / WORLD_SIZE
         self._background = self._draw_background()
@@ -219,10 +216,7 @@ class PushTEnv(gymnasium.Env):
         """Start an episode from a random state, or from `options["state"]`; `options["goal_state"]` sets
         the goal (otherwise the episode has none)."""
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"state", "goal_state"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)} (known: goal_state, state)")
+        options = check_reset_options(options)
         self._steps = 0
         self.goal_state = None
         if "goal_state" in options:
@@ -291,9 +285,7 @@ class PushTEnv(gymnasium.Env):
     def set_block_color(self, rgb: tuple[int, int, int]) -> None:
         """Change the block's fill colour (its outline is a darker shade), e.g. for violation-of-expectation
         tests; takes effect from the next rendered frame."""
-        if len(rgb) != 3 or not all(0 <= int(c) <= 255 for c in rgb):
-            raise ValueError(f"block colour must be three integers in [0, 255], got {rgb}")
-        self.block_color = tuple(int(c) for c in rgb)
+        self.block_color = check_rgb(rgb, "block colour")
         self.block_outline_color = tuple(round(OUTLINE_SHADE * c) for c in self.block_color)
 
     def _to_canvas(self, points: np.ndarray) -> list[tuple[float, float]]:

@@ -8,7 +8,7 @@ import numpy as np
 from lewm.envs.reacher import env
 from lewm.envs.reacher.env import PREDICATES, ReacherEnv, joint_errors, success
 from lewm.envs.reacher.expert import ReacherExpert
-from lewm.world import TELEPORT, Perturbation, UniformPolicy, World, physical_quantities
+from lewm.world import TELEPORT, UniformPolicy, World, color_change, physical_quantities
 
 
 def final_errors(state: np.ndarray, goal_state: np.ndarray) -> dict[str, float]:
@@ -17,12 +17,6 @@ def final_errors(state: np.ndarray, goal_state: np.ndarray) -> dict[str, float]:
     angle_error, fingertip_error = joint_errors(state, goal_state)
     return {"joint_error": float(angle_error), "fingertip_error": float(fingertip_error)}
 
-
-ARM_COLOR_CHANGE = Perturbation(
-    before_step=lambda world_env, color: world_env.unwrapped.set_arm_color(color),
-    prepare=lambda context: tuple(context.settings.color),
-)
-"""The arm takes the colour `voe.color` from the perturbed frame on; the physics is untouched."""
 
 WORLD = World(
     name="reacher",
@@ -36,7 +30,7 @@ WORLD = World(
     success=success,
     final_errors=final_errors,
     probe_targets=physical_quantities(ReacherEnv.state_names),
-    perturbations={"color": ARM_COLOR_CHANGE, "teleport": TELEPORT},
+    perturbations={"color": color_change("set_arm_color"), "teleport": TELEPORT},
 )
 
 __all__ = ["WORLD", "ReacherEnv", "ReacherExpert", "env"]

@@ -31,7 +31,9 @@ from typing import Any, ClassVar
 import gymnasium
 import mujoco
 import numpy as np
-from gymnasium import spaces
+
+from lewm.envs._common import action_space, check_reset_options, check_rgb, observation_space
+from lewm.envs._mujoco import offscreen_renderer
 
 TIMESTEP = 0.02
 ACTION_REPEAT = 2  # physics steps per env step: 25 Hz control
@@ -158,12 +160,6 @@ def success(state: np.ndarray, goal_state: np.ndarray, predicate: str) -> bool |
     return bool(reached) if reached.ndim == 0 else reached
 
 
-def _check_rgb(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    if len(rgb) != 3 or not all(0 <= int(c) <= 255 for c in rgb):
-        raise ValueError(f"arm colour must be three integers in [0, 255], got {rgb}")
-    return tuple(int(c) for c in rgb)
-
-
 class ReacherEnv(gymnasium.Env):
     """Reacher with a dict observation (`pixels`, `state`, `proprio`) and 2-D joint torques in [−1, 1].
 
@@ -184,20 +180,12 @@ class ReacherEnv(gymnasium.Env):
         _check_predicate(success_predicate)
         self.image_size, self.max_steps, self.success_predicate = image_size, max_steps, success_predicate
         self.render_mode = "rgb_array"
-        self.action_space = spaces.Box(-1.0, 1.0, (self.action_dim,), dtype=np.float32)
-        self.observation_space = spaces.Dict({
-            "pixels": spaces.Box(0, 255, (image_size, image_size, 3), dtype=np.uint8),
-            "state": spaces.Box(-np.inf, np.inf, (len(self.state_names),), dtype=np.float64),
-            "proprio": spaces.Box(-np.inf, np.inf, (len(self.proprio_names),), dtype=np.float64),
-        })
+        self.action_space = action_space(self.action_dim)
+        self.observation_space = observation_space(image_size, len(self.state_names), len(self.proprio_names))
         self._model = mujoco.MjModel.from_xml_string(MJCF)
-        self._model.vis.global_.offwidth = self._model.vis.global_.offheight = image_size
         self._data = mujoco.MjData(self._model)
         self._arm_geoms = [self._model.geom(name).id for name in ARM_GEOMS]
-        self._renderer = mujoco.Renderer(self._model, image_size, image_size)
-        for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
-                     mujoco.mjtRndFlag.mjRND_SKYBOX):
-            self._renderer.scene.flags[flag] = 0
+        self._renderer = offscreen_renderer(self._model, image_size)
         self.arm_color = ARM_COLOR
         self.goal_state: np.ndarray | None = None
         self._steps = 0
@@ -225,10 +213,7 @@ class ReacherEnv(gymnasium.Env):
         """Start an episode from a random state, or from `options["state"]`; `options["goal_state"]` sets
         the goal (otherwise the episode has none)."""
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"state", "goal_state"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)} (known: goal_state, state)")
+        options = check_reset_options(options)
         self._steps = 0
         self.goal_state = None
         if "goal_state" in options:
@@ -295,7 +280,7 @@ class ReacherEnv(gymnasium.Env):
     def set_arm_color(self, rgb: tuple[int, int, int]) -> None:
         """Colour the arm (both links and the fingertip) `rgb`, e.g. for violation-of-expectation tests;
         takes effect from the next rendered frame."""
-        self.arm_color = _check_rgb(rgb)
+        self.arm_color = check_rgb(rgb, "arm colour")
         self._model.geom_rgba[self._arm_geoms, :3] = np.array(self.arm_color) / 255.0
 
     def render(self) -> np.ndarray:

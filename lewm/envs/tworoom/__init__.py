@@ -8,19 +8,13 @@ import numpy as np
 from lewm.envs.tworoom import env
 from lewm.envs.tworoom.env import PREDICATES, TwoRoomEnv, agent_distance, success
 from lewm.envs.tworoom.expert import TwoRoomExpert
-from lewm.world import TELEPORT, Perturbation, UniformPolicy, World, physical_quantities
+from lewm.world import TELEPORT, UniformPolicy, World, color_change, physical_quantities
 
 
 def final_errors(state: np.ndarray, goal_state: np.ndarray) -> dict[str, float]:
     """How far the agent ended from its goal (px)."""
     return {"agent_pos_error": float(agent_distance(state, goal_state))}
 
-
-AGENT_COLOR_CHANGE = Perturbation(
-    before_step=lambda world_env, color: world_env.unwrapped.set_agent_color(color),
-    prepare=lambda context: tuple(context.settings.color),
-)
-"""The agent takes the colour `voe.color` from the perturbed frame on; the dynamics are untouched."""
 
 WORLD = World(
     name="tworoom",
@@ -34,7 +28,7 @@ WORLD = World(
     success=success,
     final_errors=final_errors,
     probe_targets=physical_quantities(TwoRoomEnv.state_names),
-    perturbations={"color": AGENT_COLOR_CHANGE, "teleport": TELEPORT},
+    perturbations={"color": color_change("set_agent_color"), "teleport": TELEPORT},
 )
 
 __all__ = ["WORLD", "TwoRoomEnv", "TwoRoomExpert", "env"]

@@ -35,6 +35,8 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from lewm.envs._common import action_space, check_reset_options, check_rgb, observation_space
+
 WORLD_SIZE = 224
 BORDER = 14  # the free area is [BORDER, WORLD_SIZE − BORDER]²
 BORDER_LINE = 4  # black border lines just outside the free area, this thick
@@ -126,12 +128,6 @@ def success(state: np.ndarray, goal_state: np.ndarray, predicate: str) -> bool |
     return bool(reached) if reached.ndim == 0 else reached
 
 
-def _check_color(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    if len(rgb) != 3 or not all(0 <= int(c) <= 255 for c in rgb):
-        raise ValueError(f"agent colour must be three integers in [0, 255], got {rgb}")
-    return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
-
-
 class TwoRoomEnv(gymnasium.Env):
     """Two-Room with a dict observation (`pixels`, `state`, `proprio`, `target`) and a 2-D velocity action.
 
@@ -152,12 +148,11 @@ class TwoRoomEnv(gymnasium.Env):
         _check_predicate(success_predicate)
         self.image_size, self.max_steps, self.success_predicate = image_size, max_steps, success_predicate
         self.render_mode = "rgb_array"
-        self.action_space = spaces.Box(-1.0, 1.0, (self.action_dim,), dtype=np.float32)
-        position = spaces.Box(-np.inf, np.inf, (2,), dtype=np.float64)
-        self.observation_space = spaces.Dict({
-            "pixels": spaces.Box(0, 255, (image_size, image_size, 3), dtype=np.uint8),
-            "state": position, "proprio": position, "target": position,
-        })
+        self.action_space = action_space(self.action_dim)
+        self.observation_space = observation_space(
+            image_size, len(self.state_names), len(self.proprio_names),
+            target=spaces.Box(-np.inf, np.inf, (2,), dtype=np.float64),
+        )
         # World coordinates of the output pixel centres (pixel i of a 224-px frame is centred at i).
         self._pixel_centers = (np.arange(image_size) + 0.5) * (WORLD_SIZE / image_size) - 0.5
         self._background = self._draw_background()
@@ -174,10 +169,7 @@ class TwoRoomEnv(gymnasium.Env):
         `options["goal_state"]` (which also becomes the goal) or uniform in the rooms (no goal); all draws
         from `self.np_random`."""
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"state", "goal_state"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)} (known: goal_state, state)")
+        options = check_reset_options(options)
         self._steps = 0
         self.goal_state = None
         state = options["state"] if "state" in options else random_free_position(self.np_random)
@@ -248,7 +240,7 @@ class TwoRoomEnv(gymnasium.Env):
     def set_agent_color(self, rgb: tuple[int, int, int]) -> None:
         """Change the agent's colour, e.g. for violation-of-expectation tests; takes effect from the next
         rendered frame."""
-        self.agent_color = _check_color(rgb)
+        self.agent_color = check_rgb(rgb, "agent colour")
         self._agent_rgb = np.array(self.agent_color, dtype=np.float32)
 
     def _draw_background(self) -> np.ndarray:
