@@ -2,7 +2,9 @@
 
     python -m pipelines.generate --env pusht [--set data.pusht.episodes=10] [--out data/pusht]
 
-Writes data/<env>/ (manifest.json, frames.npy, steps.parquet, episodes.parquet) atomically.
+Writes data/<env>/ (manifest.json, frames.npy, steps.parquet, episodes.parquet) atomically, and the run's
+figures (seconds, transitions/s, workers) to runs/<env>/generate/metrics.json: the dataset holds nothing
+about the run, so the same parameters give the same DVC hash on any machine.
 
 The CLI calls the plain function and never imports Prefect (≈0.8 s, paid again by every spawned
 generation worker, which re-imports this module). `generate_flow`, the Prefect flow, is built on first
@@ -13,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from lewm.config import load_params
 from lewm.data.generate import generate_dataset
+from lewm.io import write_json
 from pipelines._cli import base_parser, run_cli
 
 
@@ -27,10 +31,22 @@ def generate_stage(
     overrides: list[str] | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    metrics_path: str | Path | None = None,
 ) -> Path:
-    """Generate data/<env> (or `out_dir`) from the `data.<env>` section of the parameters."""
+    """Generate data/<env> (or `out_dir`) from the `data.<env>` section of the parameters; write the run's
+    figures to `metrics_path` (default runs/<env>/generate/metrics.json, none when `out_dir` is given)."""
     params = load_params(params_path, overrides, env)
-    return generate_dataset(env, params.data_for(env), out_dir or Path("data") / env, progress=progress)
+    cfg = params.data_for(env)
+    started = time.perf_counter()
+    path = generate_dataset(env, cfg, out_dir or Path("data") / env, progress=progress)
+    seconds = time.perf_counter() - started
+    if metrics_path is None and out_dir is None:
+        metrics_path = Path("runs") / env / "generate" / "metrics.json"
+    if metrics_path is not None:
+        steps = json.loads((path / "manifest.json").read_text())["steps"]
+        write_json(metrics_path, {"generation_seconds": round(seconds, 3), "workers": cfg.workers,
+                                  "transitions_per_s": steps / seconds})
+    return path
 
 
 def summary(path: Path) -> str:
@@ -39,8 +55,7 @@ def summary(path: Path) -> str:
     sizes = "/".join(str(len(m["splits"][s])) for s in ("train", "val", "test"))
     return (
         f"generated {m['episodes']} {m['env']} episodes ({m['frames']} frames, {m['image_size']} px, "
-        f"train/val/test {sizes}, contact in {m['contact_fraction']:.0%} of steps) "
-        f"in {m['generation_seconds']:.1f} s -> {path}"
+        f"train/val/test {sizes}, contact in {m['contact_fraction']:.0%} of steps) -> {path}"
     )
 
 

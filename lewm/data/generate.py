@@ -182,7 +182,6 @@ def _base_manifest(
         "max_steps": cfg.max_steps,
         "val_fraction": cfg.val_fraction,
         "test_fraction": cfg.test_fraction,
-        "workers": cfg.workers,
         "splits": splits,
         "split_sizes": {name: len(ids) for name, ids in splits.items()},
         "state_names": list(env.state_names),

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -111,8 +109,8 @@ class EpisodeStore:
 
     @property
     def identity(self) -> str:
-        """Hash of the manifest this store was opened with (seeds, counts, splits, creation time):
-        regenerating the dataset changes it."""
+        """Hash of the manifest this store was opened with (env, policy, seeds, counts, splits): equal for
+        datasets generated from the same parameters, different when any of them changes."""
         return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
@@ -233,19 +231,17 @@ def write_dataset(target: str | Path, episodes: Iterable[EpisodeRecord], manifes
     """Stream `episodes` into a new dataset at `target`, atomically, and return `target`.
 
     `manifest` must hold `splits` (every written episode exactly once), `state_names`, `proprio_names` and
-    `action_dim`; the writer adds the counts, `image_size`, `contact_fraction`, `generation_seconds`
-    (time spent consuming `episodes`, i.e. generating them), `created` and `format_version`. On any error
-    or interruption nothing appears at `target` and an existing dataset there is kept.
+    `action_dim`; the writer adds the counts, `image_size`, `contact_fraction` and `format_version`.
+    Nothing about the run (time, host, worker count) goes in: the same parameters give byte-identical
+    datasets, so DVC's hash and `EpisodeStore.identity` depend on the data only. On any error or
+    interruption nothing appears at `target` and an existing dataset there is kept.
     """
     target = Path(target)
-    started = time.perf_counter()
     with atomic_dir(target) as tmp:
         summary = _write_episodes(tmp, episodes, manifest)
         full_manifest = {
             **manifest,
             **summary,
-            "generation_seconds": round(time.perf_counter() - started, 3),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "format_version": FORMAT_VERSION,
         }
         (tmp / MANIFEST).write_text(json.dumps(full_manifest, indent=2, default=_json_default) + "\n")
