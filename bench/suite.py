@@ -229,10 +229,9 @@ class ReferenceModel(torch.nn.Module):
         return self.model.encode(pixels)
 
     def planning_cost(self, z_context: torch.Tensor, z_goal: torch.Tensor) -> Callable:
-        def cost(candidates: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                imagined = reference_rollout(self.model, z_context, candidates)[:, -1]
-                return (imagined - z_goal.reshape(1, -1)).pow(2).sum(dim=1)
+        def cost(candidates: torch.Tensor) -> torch.Tensor:  # the agent picks the autograd mode
+            imagined = reference_rollout(self.model, z_context, candidates)[:, -1]
+            return (imagined - z_goal.reshape(1, -1)).pow(2).sum(dim=1)
 
         return cost
 

@@ -56,11 +56,21 @@ class ModelMeta:
         return module.Model(settings, self.image_size, self.action_dim, self.frameskip, self.history)
 
 
+def bind_settings(name: str, settings: Any, env: str) -> Any:
+    """The settings of model `name` for a run on `env`. A model module may define `bind(settings, env)`,
+    which completes them from the files they name (dinowm: the LeWM checkpoint whose ViT it freezes), so a
+    checkpoint's meta rebuilds the model without those files and the run fingerprint follows them; other
+    models' settings are returned as they are."""
+    bind = getattr(part_module(MODELS, name, "model"), "bind", None)
+    return settings if bind is None else bind(settings, env)
+
+
 def model_meta(env: str, name: str, settings: Any, image_size: int, action_dim: int, frameskip: int,
                history: int, action_stats: ActionStats) -> ModelMeta:
-    """The meta of model `name` with settings dataclass `settings` (params `model.<name>`)."""
-    return ModelMeta(env, name, section_mapping(settings), image_size, action_dim, frameskip, history,
-                     action_stats)
+    """The meta of model `name` with settings dataclass `settings` (params `model.<name>`), bound to a run
+    on `env` (`bind_settings`)."""
+    return ModelMeta(env, name, section_mapping(bind_settings(name, settings, env)), image_size, action_dim,
+                     frameskip, history, action_stats)
 
 
 class LoadedModel(NamedTuple):

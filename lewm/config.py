@@ -163,6 +163,22 @@ class BisectConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """The comparison of world models and solvers (pipelines/compare.py, reference §8.5, §12): baselines
+    trained with the world's own train params, every model and solver planned on the same test pairs."""
+
+    envs: list[str]  # worlds the comparison stages run for
+    models: list[str]  # world models compared with `model.name` (each trained like it)
+    pairs: int  # the first N test-manifest pairs, for every model and solver
+    solvers: list[str]  # solvers compared on the trained `model.name`
+    curve_models: list[str]  # models whose training curves are compared over seeds
+    curve_seeds: list[int]
+    curve_steps: int  # training steps of each curve run
+    smoothing_window: int  # logged points in the moving average of the smoothness statistic
+    timing_pairs: int  # solves per model for the time-per-solve comparison (same process, same settings)
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """Where MLflow writes. An empty URI means the project's own SQLite file (mlflow.db)."""
 
@@ -186,6 +202,7 @@ class Params:
     probe: ProbeConfig
     voe: VoEConfig
     bisect: BisectConfig
+    compare: CompareConfig
     tracking: TrackingConfig
     raw: dict[str, Any] = field(repr=False, compare=False)
 
@@ -371,6 +388,7 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         probe=build_section(ProbeConfig, merged.get("probe"), "probe"),
         voe=build_section(VoEConfig, merged.get("voe"), "voe"),
         bisect=build_section(BisectConfig, merged.get("bisect"), "bisect"),
+        compare=build_section(CompareConfig, merged.get("compare"), "compare"),
         tracking=build_section(TrackingConfig, merged.get("tracking"), "tracking"),
         raw=merged,
     )

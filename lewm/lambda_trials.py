@@ -213,7 +213,7 @@ def publish_search(setup: SearchSetup, params: Params, result: SearchResult) -> 
                artifact_path="bisect")
     if best.collapsed or best.run_id is None:
         return None
-    name = model_name(params.tracking, setup.env)
+    name = model_name(params.tracking, setup.env, params.model.name)
     version = register(best.run_id, name, tags={"lambda": best.lambda_, "criterion": best.criterion,
                                                 "bisect_run_id": setup.parent_run_id})
     set_champion(name, version)

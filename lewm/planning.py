@@ -2,6 +2,7 @@
 
 - `LatentMPCAgent`: encode the current frame, let the solver (`plan.solver`, lewm/solvers/) minimise the
   model's planning cost to the goal latent, de-normalise the first `receding` blocks into raw actions.
+  A solve runs under `torch.inference_mode()`, or with autograd on for a `differentiable` solver.
   The plan-time context is the current frame only (the reference's default `history_len = 1`); the
   rollout's context then grows with predicted latents up to the model's `history`.
 - `RandomAgent`, `ZeroAgent`: uniform actions in [−1, 1] and the zero action: the floors every planner
@@ -18,6 +19,7 @@ for the final errors, is the state at that stop.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -84,9 +86,14 @@ class LatentMPCAgent:
         if self.z_goal is None:
             raise RuntimeError("LatentMPCAgent.act called before start(goal_pixels)")
         started = time.perf_counter()
-        z_now = self._encode(pixels)
-        with autocast(self.device, self.precision):
-            result = self.solver.solve(self.model.planning_cost(z_now, self.z_goal))
+        z_now, z_goal = self._encode(pixels), self.z_goal
+        if self.solver.differentiable:  # autograd on; the solver takes gradients w.r.t. its candidates only
+            grad_mode = contextlib.nullcontext()
+            z_now, z_goal = z_now.clone(), z_goal.clone()  # inference tensors cannot be saved for backward
+        else:
+            grad_mode = torch.inference_mode()
+        with grad_mode, autocast(self.device, self.precision):
+            result = self.solver.solve(self.model.planning_cost(z_now, z_goal))
         blocks = result.plan[: self.plan_cfg.receding].cpu()
         self.solve_times.append(time.perf_counter() - started)
         raw = self.action_stats.denormalize(blocks.double().numpy())

@@ -21,11 +21,15 @@ def save_figure(fig: plt.Figure, path: str | Path) -> None:
 
 
 def plot_training_curves(train: pd.DataFrame, val: pd.DataFrame, path: str | Path) -> None:
-    """Prediction loss, SIGReg, collapse diagnostics and latent straightness over training."""
+    """Prediction loss, the model's other loss terms (SIGReg for LeWM, six for PLDM), collapse diagnostics
+    and latent straightness over training."""
     fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    others = [column.removeprefix("train/") for column in train.columns if column.startswith("train/")
+              and column.endswith("_loss") and column not in ("train/pred_loss", "train/total_loss")]
     panels = [
         ("prediction loss", [("train/pred_loss", train), ("val/pred_loss", val)], True),
-        ("SIGReg", [("train/sigreg_loss", train), ("val/sigreg_loss", val)], True),
+        ("other loss terms", [(f"{split}/{term}", frame) for term in others
+                              for split, frame in (("train", train), ("val", val))], True),
         ("effective rank (val)", [("val/effective_rank", val)], False),
         ("latent straightness (val)", [("val/straightness", val)], False),
     ]
@@ -37,6 +41,7 @@ def plot_training_curves(train: pd.DataFrame, val: pd.DataFrame, path: str | Pat
         ax.set_xlabel("step")
         if log_scale:
             ax.set_yscale("log")
-        ax.legend(fontsize=7)
+        if ax.has_data():  # a model with one loss term leaves "other loss terms" empty
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     save_figure(fig, path)

@@ -1,6 +1,7 @@
-"""The MLflow model registry: one registered model per environment (`tracking.registered_model`, e.g.
-`lewm-pusht`), a version per trained model, and the alias `champion` on the best one (set by the λ
-bisection). Loading `models:/<name>@champion` gives the model without knowing any run id:
+"""The MLflow model registry: one registered model per world model and environment
+(`tracking.registered_model`, e.g. `lewm-pusht`, `pldm-pusht`), a version per trained model, and the alias
+`champion` on the best one (set by the λ bisection). Loading `models:/<name>@champion` gives the model
+without knowing any run id:
 
     from lewm.registry import load_champion
     model = load_champion("lewm-pusht")
@@ -21,9 +22,10 @@ CHAMPION = "champion"
 MODEL_ARTIFACT = "model"
 
 
-def model_name(cfg: TrackingConfig, env: str) -> str:
-    """The registered model name of `env`: `tracking.registered_model` with `{env}` filled in."""
-    return cfg.registered_model.format(env=env)
+def model_name(cfg: TrackingConfig, env: str, model: str) -> str:
+    """The registered model name of world model `model` on `env`: `tracking.registered_model` with `{env}`
+    and `{model}` filled in."""
+    return cfg.registered_model.format(env=env, model=model)
 
 
 def champion_uri(name: str) -> str:

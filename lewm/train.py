@@ -29,7 +29,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lewm.checkpoint import CheckpointVersionError, ModelMeta, model_meta, read_checkpoint, save_checkpoint
+from lewm.checkpoint import (
+    CheckpointVersionError,
+    ModelMeta,
+    bind_settings,
+    model_meta,
+    read_checkpoint,
+    save_checkpoint,
+)
 from lewm.config import Params, TrainConfig, section_mapping
 from lewm.data.clips import ActionStats, ClipDataset, strided_trajectories
 from lewm.data.storage import EpisodeStore
@@ -40,7 +47,6 @@ from lewm.runtime import autocast, init_distributed, resolve_device, resolve_pre
 
 # Train params that change how a run is executed or logged, not what it computes.
 _EXECUTION_ONLY_KEYS = ("checkpoint_every", "log_every", "val_every", "num_workers", "device")
-LOSS_TERMS = ("pred", "sigreg", "total")
 
 
 @dataclass
@@ -51,6 +57,12 @@ class TrainOutcome:
     checkpoint: Path
     metrics: dict[str, float]
     run_id: str | None
+
+
+def loss_terms(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The scalar terms of a model's output that training logs: `total` and the model's own loss terms (all
+    but the `embeddings`), so a model's terms are logged whatever they are named."""
+    return {key: value for key, value in out.items() if key != "embeddings"}
 
 
 class CheckpointSelector(Protocol):
@@ -118,12 +130,14 @@ def result_train_params(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def run_fingerprint(params: Params, env: str, data_identity: str, **extra: Any) -> str:
-    """Hash of everything that determines a training run's result: the world, the model and its settings,
-    the result-determining train params, the clips and the dataset (plus `extra`, e.g. what a λ-search
-    trial evaluates). A checkpoint resumes only into a run with the same fingerprint, and λ-search trials
-    are cached under it."""
+    """Hash of everything that determines a training run's result: the world, the model and its settings
+    (bound to the run, `bind_settings`: e.g. the hash of the LeWM checkpoint dinowm freezes), the
+    result-determining train params, the clips and the dataset (plus `extra`, e.g. what a λ-search trial
+    evaluates). A checkpoint resumes only into a run with the same fingerprint, and λ-search trials are
+    cached under it."""
+    settings = bind_settings(params.model.name, params.model.settings, env)
     payload = {
-        "env": env, "model": {"name": params.model.name, **section_mapping(params.model.settings)},
+        "env": env, "model": {"name": params.model.name, **section_mapping(settings)},
         "train": result_train_params(params.train), "clip": dataclasses.asdict(params.clip),
         "data": data_identity, **extra,
     }
@@ -188,13 +202,13 @@ def validate(
 ) -> dict[str, float]:
     """Validation losses, collapse diagnostics and latent straightness, in eval mode."""
     model.eval()
-    totals = dict.fromkeys(LOSS_TERMS, 0.0)
+    totals: dict[str, float] = {}
     embeddings = []
     for batch in val_batches:
         with autocast:
             out = model(to_device(batch, device))
-        for key in totals:
-            totals[key] += float(out[key]) / len(val_batches)
+        for key, value in loss_terms(out).items():
+            totals[key] = totals.get(key, 0.0) + float(value) / len(val_batches)
         embeddings.append(out["embeddings"].float().cpu())
     with autocast:
         z = model.encode(trajectories.to(device)).float().cpu()
@@ -272,13 +286,12 @@ class LossWindow:
     """Running means of the loss terms and gradient norm between two log lines, with throughput."""
 
     def __init__(self) -> None:
-        self.sums = dict.fromkeys((*LOSS_TERMS, "grad_norm"), 0.0)
+        self.sums: dict[str, float] = {}
         self.steps, self.started = 0, time.perf_counter()
 
     def add(self, out: dict[str, torch.Tensor], grad_norm: torch.Tensor) -> None:
-        for key in LOSS_TERMS:
-            self.sums[key] += float(out[key].detach())
-        self.sums["grad_norm"] += float(grad_norm)
+        for key, value in {**loss_terms(out), "grad_norm": grad_norm}.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value.detach())
         self.steps += 1
 
     def row(self, step: int, lr: float, batch_size: int) -> dict[str, float]:
@@ -327,6 +340,8 @@ def train(
     # Model and optimiser; the model is built from the seeded global RNG, then restored if resuming.
     seed_everything(cfg.seed)
     model = meta.build().to(device)
+    if hasattr(model, "load_pretrained"):  # frozen pretrained parts its settings name (WorldModel's hook)
+        model.load_pretrained()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     out_dir = Path(out_dir)
     last_checkpoint = out_dir / "checkpoints" / "last.pt"
@@ -389,7 +404,7 @@ def train(
         if run.step % cfg.log_every == 0 or at_end:
             row = window.row(run.step, optimizer.param_groups[0]["lr"], cfg.batch_size)
             run.history["train"].append(row)
-            bar.set_postfix(pred=f"{row['train/pred_loss']:.4f}", sigreg=f"{row['train/sigreg_loss']:.3f}")
+            bar.set_postfix({key: f"{row[f'train/{key}_loss']:.4g}" for key in loss_terms(out)})
             if tracker is not None and is_main:
                 tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, run.step)
             window = LossWindow()

@@ -1,4 +1,5 @@
-"""The whole pipeline as one Prefect flow: per environment generate → manifest → train → plan, probe, voe.
+"""The whole pipeline as one Prefect flow: per environment generate → manifest → train → plan, probe, voe, and
+for the worlds in `compare.envs` the comparison of world models and solvers (pipelines/compare.py).
 
     python -m pipelines.full [--env pusht] [--stages generate,train] [--set key=value]
 
@@ -26,9 +27,13 @@ from prefect.cache_policies import NO_CACHE
 from lewm.config import load_params
 from pipelines._cli import base_parser, run_cli
 
-STAGES = ("generate", "manifest", "train", "plan", "probe", "voe")
+STAGES = ("generate", "manifest", "train", "plan", "probe", "voe", "compare")
 """Every stage, in an order that respects dvc.yaml's dependencies: generate → manifest → train (its
-planning checks read the validation manifest) → plan, probe and voe."""
+planning checks read the validation manifest) → plan, probe and voe → compare (runs the DVC stages in
+`COMPARE_PARTS`)."""
+
+COMPARE_PARTS = ("train_baseline", "plan_baseline", "compare_curves", "compare_solvers", "compare")
+"""The DVC stages that the flow's `compare` step runs, in this order (`pipelines.compare.compare_stage`)."""
 
 
 class StageUnavailable(ValueError):
@@ -60,13 +65,16 @@ def check_stages(stages: Sequence[str]) -> None:
         raise ValueError(f"unknown stages {unknown} (known: {', '.join(STAGES)})")
 
 
-def pipeline_steps(envs: Sequence[str], stages: Sequence[str] | None = None) -> list[tuple[str, str]]:
-    """The (stage, env) pairs to run, in order: all stages of one environment, then the next."""
+def pipeline_steps(envs: Sequence[str], stages: Sequence[str] | None = None,
+                   compare_envs: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """The (stage, env) pairs to run, in order: all stages of one environment, then the next; `compare`
+    only for the environments in `compare_envs`."""
     selected = list(STAGES) if stages is None else list(stages)
     check_stages(selected)
     if not envs:
         raise ValueError("no environment to run (params `envs` is empty)")
-    return [(stage, env) for env in envs for stage in STAGES if stage in selected]
+    return [(stage, env) for env in envs for stage in STAGES
+            if stage in selected and (stage != "compare" or env in compare_envs)]
 
 
 def run_stage(stage: str, env: str, params_path: str | None, overrides: list[str] | None) -> Any:
@@ -85,8 +93,8 @@ def full_flow(
     params_path: str | None = None, overrides: list[str] | None = None,
 ) -> list[str]:
     """Run `stages` (default: all) for `envs` (default: params `envs`); returns the steps run."""
-    envs = envs or load_params(params_path, overrides).envs
-    steps = pipeline_steps(envs, stages)
+    params = load_params(params_path, overrides)
+    steps = pipeline_steps(envs or params.envs, stages, params.compare.envs)
     for stage, env in steps:
         stage_task(stage, env, params_path, overrides)
     return [f"{stage}@{env}" for stage, env in steps]

@@ -43,7 +43,7 @@ def train_stage(
     outcome = train(params, env, data_dir, out_dir, resume=resume, tracker=tracker, selector=selector)
     registered = {}
     if track:
-        registered = {"registered_model": model_name(params.tracking, env),
+        registered = {"registered_model": model_name(params.tracking, env, params.model.name),
                       "model_version": register_training_run(params, env, outcome.run_id)}
     write_json(out_dir / "run.json", {
         "run_id": outcome.run_id, "tracking_uri": tracking_uri(params.tracking) if track else None,
@@ -66,7 +66,7 @@ def register_training_run(params: Params, env: str, run_id: str) -> str:
     tags = {"stage": "train", "model": params.model.name, "profile": params.profile,
             **{key: value for key, value in section_mapping(params.model.settings).items()
                if key == "lambda"}}
-    return register(run_id, model_name(params.tracking, env), tags=tags)
+    return register(run_id, model_name(params.tracking, env, params.model.name), tags=tags)
 
 
 def main() -> None:
@@ -80,10 +80,11 @@ def main() -> None:
     outcome = train_stage(args.env, args.params, args.overrides, args.data, args.out,
                           resume=not args.no_resume, track=not args.no_track)
     m = outcome.metrics
+    losses = ", ".join(f"{key.removeprefix('val_').removesuffix('_loss')} {value:.4g}"
+                       for key, value in m.items() if key.startswith("val_") and key.endswith("_loss"))
     print(
         f"trained {outcome.step} steps in {m['train_seconds']:.0f} s ({m['clips_per_s']:.1f} clips/s): "
-        f"val pred {m['val_pred_loss']:.4f}, sigreg {m['val_sigreg_loss']:.3f}, "
-        f"effective rank {m['val_effective_rank']:.1f} -> {outcome.checkpoint}"
+        f"val {losses}, effective rank {m['val_effective_rank']:.1f} -> {outcome.checkpoint}"
     )
 
 

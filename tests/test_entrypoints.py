@@ -20,8 +20,9 @@ LAUNCHER = PROJECT_ROOT / "scripts" / "python"
 def test_every_dvc_stage_runs_a_pipeline_module_through_the_project_interpreter():
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
-        command = stage["do"]["cmd"].split()
-        assert command[:2] == ["scripts/python", "-m"], f"{name}: {stage['do']['cmd']}"
+        body = stage.get("do", stage)  # foreach stages keep their body under `do`, matrix stages at the top
+        command = body["cmd"].split()
+        assert command[:2] == ["scripts/python", "-m"], f"{name}: {body['cmd']}"
         assert (PROJECT_ROOT / (command[2].replace(".", "/") + ".py")).is_file(), name
 
 

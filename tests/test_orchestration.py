@@ -40,12 +40,13 @@ def test_prefect_settings_keep_prefect_quiet_offline_and_inside_the_project():
 
 
 def test_pipeline_steps_respect_stage_dependencies():
-    steps = full.pipeline_steps(["pusht", "cube"])
-    assert steps[:6] == [(s, "pusht") for s in ("generate", "manifest", "train", "plan", "probe", "voe")]
-    assert [env for _, env in steps[6:]] == ["cube"] * 6
-    order = [stage for stage, _ in steps[:6]]
+    steps = full.pipeline_steps(["pusht", "cube"], compare_envs=["pusht"])
+    assert steps[:7] == [(s, "pusht") for s in ("generate", "manifest", "train", "plan", "probe", "voe",
+                                                "compare")]
+    assert [env for _, env in steps[7:]] == ["cube"] * 6  # cube is not in compare_envs
+    order = [stage for stage, _ in steps[:7]]
     for before, after in [("generate", "manifest"), ("manifest", "train"), ("train", "plan"),
-                          ("manifest", "plan"), ("train", "probe"), ("train", "voe")]:
+                          ("manifest", "plan"), ("train", "probe"), ("train", "voe"), ("plan", "compare")]:
         assert order.index(before) < order.index(after)
     # a subset keeps the pipeline's order, whatever order it was given in
     assert full.pipeline_steps(["pusht"], ["plan", "generate"]) == [("generate", "pusht"), ("plan", "pusht")]
@@ -56,16 +57,31 @@ def test_flow_stage_order_follows_the_dvc_graph():
     import yaml
 
     stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == list(full.STAGES)
+    compare_parts = list(full.COMPARE_PARTS)
+    assert [n for n in stages if n not in compare_parts] == [s for s in full.STAGES if s != "compare"]
+    assert [n for n in stages if n in compare_parts] == compare_parts  # the order compare_stage runs them
+
+    def flow_step(name):
+        return "compare" if name in compare_parts else name
 
     def paths(entries):
         return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
 
-    producer = {path: name for name, stage in stages.items() for path in paths(stage["do"].get("outs", []))}
+    def body(stage):  # foreach stages keep their body under `do`, matrix stages at the top
+        return stage.get("do", stage)
+
+    def generic(path):  # the same path in foreach (${item}) and matrix (${item.env}) stages
+        return path.replace("${item.env}", "${item}")
+
+    producer = {generic(path): name for name, stage in stages.items()
+                for path in paths(body(stage).get("outs", []))}
     for name, stage in stages.items():
-        for dep in paths(stage["do"].get("deps", [])):
-            if dep in producer:
-                assert full.STAGES.index(producer[dep]) < full.STAGES.index(name), (dep, name)
+        for dep in map(generic, paths(body(stage).get("deps", []))):
+            for out, maker in producer.items():
+                if maker != name and (dep == out or out.startswith(dep + "/")):
+                    order = full.STAGES.index(flow_step(maker)), full.STAGES.index(flow_step(name))
+                    assert order[0] < order[1] or compare_parts.index(maker) < compare_parts.index(name), \
+                        (dep, maker, name)
     with pytest.raises(ValueError, match="unknown stages"):
         full.pipeline_steps(["pusht"], ["generate", "deploy"])
     with pytest.raises(ValueError, match="no environment"):
@@ -88,7 +104,7 @@ def test_full_cli_rejects_unknown_stages_with_one_line():
                             cwd=PROJECT_ROOT, env=clean_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: unknown stages ['deploy'] (known: generate, manifest, train, plan, probe, voe)"]
+        "error: unknown stages ['deploy'] (known: generate, manifest, train, plan, probe, voe, compare)"]
 
 
 def test_full_flow_runs_the_stages_in_order_and_stops_at_a_failure(prefect_harness, monkeypatch):
@@ -103,9 +119,10 @@ def test_full_flow_runs_the_stages_in_order_and_stops_at_a_failure(prefect_harne
         return run
 
     monkeypatch.setattr(full, "stage_function", fake)
-    done = full.full_flow(envs=["pusht"], stages=["generate", "train", "probe"], overrides=["a=1"])
+    done = full.full_flow(envs=["pusht"], stages=["generate", "train", "probe"],
+                          overrides=["train.max_steps=5"])
     assert done == ["generate@pusht", "train@pusht", "probe@pusht"]
-    assert calls == [("generate", "pusht", ["a=1"]), ("train", "pusht", ["a=1"]), ("probe", "pusht", ["a=1"])]
+    assert calls == [(stage, "pusht", ["train.max_steps=5"]) for stage in ("generate", "train", "probe")]
 
     calls.clear()
     with pytest.raises(ValueError, match="train failed"):
@@ -198,8 +215,8 @@ def prefect_server(tmp_path: Path):
         yield env
 
 
-CHEAP = ["--set", "data.pusht.episodes=10", "--set", "data.pusht.max_steps=20",
-         "--set", "data.pusht.image_size=32"]
+CHEAP = [arg for world in load_params().envs for key, value in (("episodes", 10), ("max_steps", 20))
+         for arg in ("--set", f"data.{world}.{key}={value}")]  # every world: the run generates them all
 
 
 @pytest.mark.slow

@@ -27,8 +27,8 @@ from lewm.planning import (
     make_solver,
     run_episode,
 )
-from lewm.solvers import PlanResult, cem
-from lewm.solvers.cem import cem_plan, shift_plan
+from lewm.solvers import PlanResult, cem, shift_plan
+from lewm.solvers.cem import cem_plan
 
 _LOADED_PLAN: PlanConfig = load_params().plan
 
@@ -218,7 +218,13 @@ def test_latent_goal_cost_is_the_summed_squared_distance_of_the_last_imagined_em
     with torch.no_grad():
         expected = ((model.rollout(z_context, candidates)[:, -1] - z_goal) ** 2).sum(dim=1)
     assert costs.shape == (7,) and torch.allclose(costs, expected, atol=1e-5)
-    assert torch.is_inference(costs)
+    # the caller picks the autograd mode: inference mode for sampling solvers, autograd for gradient ones
+    with torch.inference_mode():
+        assert torch.is_inference(model.planning_cost(z_context, z_goal)(candidates))
+    candidates.requires_grad_(True)
+    (grad,) = torch.autograd.grad(model.planning_cost(z_context, z_goal)(candidates).sum(), candidates)
+    assert grad.shape == candidates.shape  # zero here: at init AdaLN-zero ignores the actions
+    assert all(p.grad is None for p in model.parameters())
 
 
 class TokenModel(torch.nn.Module):

@@ -39,8 +39,11 @@ def experiment(mlflow_store, request):
 
 
 def test_model_name_follows_the_tracking_template():
-    tracking = dataclasses.replace(load_params().tracking, registered_model="lewm-{env}")
-    assert model_name(tracking, "pusht") == "lewm-pusht"
+    tracking = load_params().tracking
+    assert model_name(tracking, "pusht", "lewm") == "lewm-pusht"  # the default template: one per model
+    assert model_name(tracking, "cube", "pldm") == "pldm-cube"
+    fixed = dataclasses.replace(tracking, registered_model="world-model-{env}")
+    assert model_name(fixed, "pusht", "pldm") == "world-model-pusht"
     assert champion_uri("lewm-pusht") == "models:/lewm-pusht@champion"
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-import torch
 from torch import Tensor
 
 CostFn = Callable[[Tensor], Tensor]
@@ -20,7 +19,15 @@ CostFn = Callable[[Tensor], Tensor]
 
 
 class WorldModel(Protocol):
-    """What the rest of the code needs from a world model (an `nn.Module`)."""
+    """What the rest of the code needs from a world model (an `nn.Module`).
+
+    Two optional hooks serve a model built around a pretrained part that another stage makes (dinowm
+    freezes a trained LeWM's ViT): its module may define `bind(config, env) -> Config`, settings completed
+    from the files they name (called through `lewm.checkpoint.bind_settings` by `model_meta` and
+    `lewm.train.run_fingerprint`, so a checkpoint rebuilds the model without those files and the fingerprint
+    follows them), and the model may define `load_pretrained()`, which training calls on the freshly built
+    model to load those weights (a checkpoint of the model holds them itself).
+    """
 
     image_size: int  # square frames, pixels
     action_dim: int  # raw action size A
@@ -39,7 +46,8 @@ class WorldModel(Protocol):
         `(B, H, block_dim)` → the H imagined latents `(B, H, *latent)`."""
 
     def planning_cost(self, z_context: Tensor, z_goal: Tensor) -> CostFn:
-        """The cost a solver minimises to reach the goal latent `z_goal` from `z_context`."""
+        """The cost a solver minimises to reach the goal latent `z_goal` from `z_context`; differentiable in
+        the candidates when called with autograd on (the caller picks the autograd mode)."""
 
     def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """The training loss of a batch of clips (lewm/data/clips.py): `total` (what is minimised) and the
@@ -52,12 +60,14 @@ class WorldModel(Protocol):
 
 def goal_distance_cost(model: WorldModel, z_context: Tensor, z_goal: Tensor) -> CostFn:
     """Cost of candidate blocks: squared distance, summed over every latent axis, between the last latent
-    the model imagines from `z_context` and `z_goal` (one frame's latent, with or without a batch axis)."""
+    the model imagines from `z_context` and `z_goal` (one frame's latent, with or without a batch axis).
+
+    The cost leaves the autograd mode to its caller: `LatentMPCAgent` runs it under `torch.inference_mode()`
+    for sampling solvers and with autograd on, differentiable in the candidates, for gradient solvers."""
 
     def cost(candidates: Tensor) -> Tensor:
-        with torch.inference_mode():
-            imagined = model.rollout(z_context, candidates)[:, -1].float()  # fp32 costs, also under autocast
-            goal = z_goal.float().reshape(1, *imagined.shape[1:])
-            return (imagined - goal).pow(2).flatten(1).sum(dim=1)
+        imagined = model.rollout(z_context, candidates)[:, -1].float()  # fp32 costs, also under autocast
+        goal = z_goal.float().reshape(1, *imagined.shape[1:])
+        return (imagined - goal).pow(2).flatten(1).sum(dim=1)
 
     return cost

@@ -8,9 +8,11 @@ AdaLN-zero causal transformer → BN projector → next z; trained with L = L_pr
 - `Predictor`: learned positions, DiT-style AdaLN-zero blocks conditioned per token on the action
   embedding, causal attention, final LayerNorm. Zero-initialised modulation makes every block the identity
   at init, so action conditioning enters training progressively.
-- `LeWM` (`Model`): `encode`, `predict` (teacher-forced, T ≤ history), `rollout` (autoregressive, for
-  planning), `planning_cost` and `forward(batch)`, the training loss (the `WorldModel` protocol in
-  lewm/models/__init__.py). SIGReg is a submodule, so DDP sees one forward per step; it has no weights.
+- `JEPA`: these parts with `encode`, `predict` (teacher-forced, T ≤ history), `rollout` (autoregressive,
+  for planning), `planning_cost` and the prediction loss; everything of the `WorldModel` protocol
+  (lewm/models/__init__.py) but the objective. `Architecture` holds its settings.
+- `LeWM` (`Model`): the JEPA with `forward(batch)`, the training loss. SIGReg is a submodule, so DDP sees
+  one forward per step; it has no weights. PLDM (lewm/models/pldm.py) is the same JEPA, another objective.
 
 The objective: a teacher-forced next-embedding MSE and the anti-collapse regulariser on the embeddings of
 every frame. No stop-gradient, no EMA: the encoder gets gradients through the context, the targets and
@@ -34,9 +36,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class Config:
-    """`model.lewm`: the architecture (reference §2; image and action sizes come from the dataset) and the
-    two-term objective L = L_pred + λ·SIGReg (§4)."""
+class Architecture:
+    """The architecture (reference §2; image and action sizes come from the dataset): the settings every
+    JEPA world model built from these parts shares (LeWM's and PLDM's `Config`)."""
 
     encoder: str  # vit | resnet
     patch_size: int
@@ -52,16 +54,36 @@ class Config:
     predictor_mlp_dim: int
     predictor_dropout: float
     action_smoothed_dim: int
+
+
+@dataclass(frozen=True)
+class Config(Architecture):
+    """`model.lewm`: the architecture and the two-term objective L = L_pred + λ·SIGReg (§4)."""
+
     lambda_: float  # `lambda` in params.yaml
     sigreg_projections: int
     sigreg_knots: int
     sigreg_t_max: float
 
 
+def normalised_images(pixels: Tensor, image_size: int) -> Tensor:
+    """uint8 frames (B, [T,] 3, S, S) → ImageNet-normalised float images (B·T, 3, S, S), every encoder's
+    input; a ValueError for another dtype or size."""
+    if pixels.dtype != torch.uint8:
+        raise ValueError(f"encode expects uint8 pixels, got {pixels.dtype}")
+    if pixels.dim() not in (4, 5) or pixels.shape[-3:] != (3, image_size, image_size):
+        raise ValueError(
+            f"encode expects (B, [T,] 3, {image_size}, {image_size}) pixels, got {tuple(pixels.shape)}"
+        )
+    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels.reshape(-1, 3, image_size, image_size).float().div(255) - mean) / std
+
+
 class Encoder(nn.Module):
     """Image backbone, random init: (N, 3, H, W) normalised images → (N, feature_dim) features."""
 
-    def __init__(self, cfg: Config, image_size: int) -> None:
+    def __init__(self, cfg: Architecture, image_size: int) -> None:
         super().__init__()
         if cfg.encoder == "vit":
             self.backbone = timm.create_model(
@@ -129,12 +151,13 @@ class CausalSelfAttention(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
         self.to_out = nn.Sequential(nn.Linear(heads * head_dim, dim), nn.Dropout(dropout))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """`mask` (T, T) boolean, True where query t may attend key s; None: token-causal (s ≤ t)."""
         batch, length, _ = x.shape
         qkv = self.to_qkv(self.norm(x)).reshape(batch, length, 3, self.heads, -1)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, T, head_dim)
         out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=mask is None
         )
         return self.to_out(out.transpose(1, 2).reshape(batch, length, -1))
 
@@ -178,7 +201,7 @@ class Predictor(nn.Module):
     """(B, T, D) embeddings and (B, T, D) action embeddings → (B, T, D); token t sees tokens ≤ t only and
     is conditioned on action t, so output t predicts the embedding after action t."""
 
-    def __init__(self, cfg: Config, history: int) -> None:
+    def __init__(self, cfg: Architecture, history: int) -> None:
         super().__init__()
         dim = cfg.embed_dim
         self.positions = nn.Parameter(torch.randn(1, history, dim))
@@ -207,12 +230,17 @@ class Predictor(nn.Module):
         return self.norm(x)
 
 
-class LeWM(nn.Module):
-    """The joint-embedding predictive world model: encoder + projector, action encoder, predictor and
-    pred_proj (reference §2). Pixels are uint8; ImageNet normalisation happens in `encode` only."""
+class JEPA(nn.Module):
+    """The joint-embedding predictive world model without an objective: encoder + projector, action
+    encoder, predictor and pred_proj (reference §2), with everything but `forward` of the `WorldModel`
+    protocol. LeWM and PLDM subclass it with their own objectives. Pixels are uint8; ImageNet
+    normalisation happens in `encode` only."""
+
+    parts: tuple[str, ...] = ("encoder", "projector", "predictor", "pred_proj", "action_encoder")
+    """The submodules `num_parameters` counts (a subclass appends its own)."""
 
     def __init__(
-        self, cfg: Config, image_size: int, action_dim: int, frameskip: int, history: int
+        self, cfg: Architecture, image_size: int, action_dim: int, frameskip: int, history: int
     ) -> None:
         super().__init__()
         if history < 1:
@@ -224,23 +252,11 @@ class LeWM(nn.Module):
         self.action_encoder = ActionEncoder(frameskip * action_dim, cfg.action_smoothed_dim, cfg.embed_dim)
         self.predictor = Predictor(cfg, history)
         self.pred_proj = MLP(cfg.embed_dim, cfg.projector_hidden, cfg.embed_dim)
-        self.sigreg = SIGReg(cfg.sigreg_projections, cfg.sigreg_knots, cfg.sigreg_t_max)  # no weights, no RNG
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def encode(self, pixels: Tensor) -> Tensor:
         """uint8 (B, T, 3, H, W) → (B, T, D), or (B, 3, H, W) → (B, D). All frames form one encoder (and
         BatchNorm) batch."""
-        if pixels.dtype != torch.uint8:
-            raise ValueError(f"encode expects uint8 pixels, got {pixels.dtype}")
-        if pixels.dim() not in (4, 5) or pixels.shape[-3:] != (3, self.image_size, self.image_size):
-            raise ValueError(
-                f"encode expects (B, [T,] 3, {self.image_size}, {self.image_size}) pixels, "
-                f"got {tuple(pixels.shape)}"
-            )
-        images = pixels.reshape(-1, *pixels.shape[-3:]).float().div(255)
-        images = (images - self.pixel_mean) / self.pixel_std
-        z = self.projector(self.encoder(images))
+        z = self.projector(self.encoder(normalised_images(pixels, self.image_size)))
         return z.reshape(*pixels.shape[:-3], -1)
 
     def predict(self, z: Tensor, action_blocks: Tensor) -> Tensor:
@@ -288,12 +304,12 @@ class LeWM(nn.Module):
         """Squared distance between the last imagined embedding and the goal's (the reference's cost)."""
         return goal_distance_cost(self, z_context, z_goal)
 
-    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Losses of one batch of clips (`pixels` uint8 (B, T, 3, H, W), `actions` (B, T, frameskip·A)).
+    def embed_and_predict(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The embeddings (B, T, D) of a batch of clips (`pixels` uint8 (B, T, 3, H, W), `actions`
+        (B, T, frameskip·A)) and the teacher-forced prediction loss L_pred every objective starts from.
 
         The first `history` frames and action blocks are the context; output t is compared with the
-        embedding `num_preds = T − history` frames later (element-wise MSE, target not detached). Returns
-        `pred`, `sigreg`, `total` (scalars with gradients) and the detached `embeddings` (B, T, D).
+        embedding `num_preds = T − history` frames later (element-wise MSE, target not detached).
         """
         embeddings = self.encode(batch["pixels"])
         num_preds = embeddings.shape[1] - self.history
@@ -302,7 +318,28 @@ class LeWM(nn.Module):
                 f"clips need more than history = {self.history} frames, got {embeddings.shape[1]}"
             )
         pred = self.predict(embeddings[:, : self.history], batch["actions"][:, : self.history])
-        pred_loss = (pred - embeddings[:, num_preds:]).pow(2).mean()
+        return embeddings, (pred - embeddings[:, num_preds:]).pow(2).mean()
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter counts per part and in total (reference §2.4)."""
+        counts = {name: sum(p.numel() for p in getattr(self, name).parameters()) for name in self.parts}
+        counts["total"] = sum(counts.values())
+        return counts
+
+
+class LeWM(JEPA):
+    """LeWM: the JEPA trained with L = L_pred + λ·SIGReg (reference §4)."""
+
+    def __init__(
+        self, cfg: Config, image_size: int, action_dim: int, frameskip: int, history: int
+    ) -> None:
+        super().__init__(cfg, image_size, action_dim, frameskip, history)
+        self.sigreg = SIGReg(cfg.sigreg_projections, cfg.sigreg_knots, cfg.sigreg_t_max)  # no weights, no RNG
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Losses of one batch of clips (`embed_and_predict`): `pred`, `sigreg`, `total` (scalars with
+        gradients) and the detached `embeddings` (B, T, D)."""
+        embeddings, pred_loss = self.embed_and_predict(batch)
         sigreg_loss = self.sigreg(embeddings)
         return {
             "pred": pred_loss,
@@ -310,19 +347,6 @@ class LeWM(nn.Module):
             "total": pred_loss + self.cfg.lambda_ * sigreg_loss,
             "embeddings": embeddings.detach(),
         }
-
-    def num_parameters(self) -> dict[str, int]:
-        """Parameter counts per part and in total (reference §2.4)."""
-        parts = {
-            "encoder": self.encoder,
-            "projector": self.projector,
-            "predictor": self.predictor,
-            "pred_proj": self.pred_proj,
-            "action_encoder": self.action_encoder,
-        }
-        counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
-        counts["total"] = sum(counts.values())
-        return counts
 
 
 Model = LeWM

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from lewm.models import CostFn
-from lewm.solvers import PlanResult, check_horizon
+from lewm.solvers import PlanResult, WarmStartSolver, evaluate, plan_result
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,14 @@ def check_config(cfg: Config) -> None:
         raise ValueError(f"plan.cem.init_std={cfg.init_std} must be > 0")
 
 
+def fit_elites(candidates: Tensor, costs: Tensor, elites: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The `elites` lowest-cost candidates (best first), their costs, and the Gaussian they refit: the
+    elites' mean and unbiased std per entry."""
+    elite_cost, elite_index = torch.topk(costs, elites, largest=False)
+    chosen = candidates[elite_index]
+    return chosen, elite_cost, chosen.mean(dim=0), chosen.std(dim=0)
+
+
 def cem_plan(cost_fn: CostFn, cfg: Config, horizon: int, block_dim: int, generator: torch.Generator,
              init_mean: Tensor | None = None) -> PlanResult:
     """Minimise `cost_fn` over `(horizon, block_dim)` action blocks with the cross-entropy method.
@@ -58,45 +66,20 @@ def cem_plan(cost_fn: CostFn, cfg: Config, horizon: int, block_dim: int, generat
         noise = torch.randn((cfg.samples, *shape), generator=generator, device=device)
         candidates = mean + std * noise
         candidates[0] = mean
-        costs = cost_fn(candidates)
-        if costs.shape != (cfg.samples,):
-            raise ValueError(f"cost_fn returned shape {tuple(costs.shape)}, expected ({cfg.samples},)")
-        elite_cost, elite_index = torch.topk(costs, cfg.elites, largest=False)
-        elites = candidates[elite_index]
-        mean, std = elites.mean(dim=0), elites.std(dim=0)
+        _, elite_cost, mean, std = fit_elites(candidates, evaluate(cost_fn, candidates), cfg.elites)
         elite_costs.append(elite_cost.mean())
         best_costs.append(elite_cost[0])
-    return PlanResult(
-        plan=mean,
-        elite_costs=torch.stack(elite_costs).tolist(),
-        best_costs=torch.stack(best_costs).tolist(),
-    )
+    return plan_result(mean, elite_costs, best_costs)
 
 
-def shift_plan(plan: Tensor, executed: int) -> Tensor:
-    """Warm start: drop the `executed` blocks of `plan` and pad the end with zeros (the prior mean)."""
-    remainder = plan[executed:]
-    padding = torch.zeros((min(executed, len(plan)), *plan.shape[1:]), dtype=plan.dtype, device=plan.device)
-    return torch.cat([remainder, padding])
-
-
-class Solver:
-    """CEM with its own seeded generator and warm-start state, for one MPC episode."""
+class Solver(WarmStartSolver):
+    """CEM with its own seeded generator and warm-start state (the shifted plan), for one MPC episode."""
 
     def __init__(self, cfg: Config, horizon: int, receding: int, block_dim: int, seed: int,
                  device: str | torch.device = "cpu") -> None:
         check_config(cfg)
-        check_horizon(horizon, receding)
-        self.cfg, self.horizon, self.receding, self.block_dim = cfg, horizon, receding, block_dim
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
-        self._next_mean: Tensor | None = None
+        super().__init__(cfg, horizon, receding, block_dim, seed, device)
 
-    def reset(self) -> None:
-        self._next_mean = None
-
-    def solve(self, cost: CostFn) -> PlanResult:
-        init_mean = self._next_mean if self.cfg.warm_start else None
-        result = cem_plan(cost, self.cfg, self.horizon, self.block_dim, self.generator, init_mean)
-        self._next_mean = shift_plan(result.plan, self.receding)
-        return result
+    def plan(self, cost: CostFn, warm: Tensor | None) -> tuple[PlanResult, Tensor]:
+        result = cem_plan(cost, self.cfg, self.horizon, self.block_dim, self.generator, warm)
+        return result, result.plan
