@@ -392,3 +392,22 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         tracking=build_section(TrackingConfig, merged.get("tracking"), "tracking"),
         raw=merged,
     )
+
+
+def mapping_differences(recorded: Any, current: Any, where: str = "") -> list[str]:
+    """Each dotted key whose value differs between two nested mappings, as `key: <recorded> → <current>`
+    (`(none)` for a key one side lacks), so a mismatch message names exactly what changed."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        differences = []
+        for key in sorted(set(recorded) | set(current), key=str):
+            name = f"{where}.{key}" if where else str(key)
+            if key not in recorded or key not in current:
+                shown = [repr(recorded[key]) if key in recorded else "(none)",
+                         repr(current[key]) if key in current else "(none)"]
+                differences.append(f"{name}: {shown[0]} → {shown[1]}")
+            else:
+                differences += mapping_differences(recorded[key], current[key], name)
+        return differences
+    if isinstance(recorded, tuple | list) and isinstance(current, tuple | list):
+        recorded, current = list(recorded), list(current)
+    return [] if recorded == current else [f"{where or '(value)'}: {recorded!r} → {current!r}"]

@@ -33,11 +33,12 @@ from lewm.checkpoint import (
     CheckpointVersionError,
     ModelMeta,
     bind_settings,
+    current_code,
     model_meta,
     read_checkpoint,
     save_checkpoint,
 )
-from lewm.config import Params, TrainConfig, section_mapping
+from lewm.config import Params, TrainConfig, mapping_differences, section_mapping
 from lewm.data.clips import ActionStats, ClipDataset, strided_trajectories
 from lewm.data.storage import EpisodeStore
 from lewm.diagnostics import embedding_stats, straightness
@@ -129,18 +130,22 @@ def result_train_params(cfg: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _EXECUTION_ONLY_KEYS}
 
 
-def run_fingerprint(params: Params, env: str, data_identity: str, **extra: Any) -> str:
-    """Hash of everything that determines a training run's result: the world, the model and its settings
-    (bound to the run, `bind_settings`: e.g. the hash of the LeWM checkpoint dinowm freezes), the
+def run_config(params: Params, env: str, data_identity: str, **extra: Any) -> dict[str, Any]:
+    """Everything that determines a training run's result: the world, the model and its settings (bound
+    to the run, `bind_settings`: e.g. the hash of the LeWM checkpoint dinowm freezes), the
     result-determining train params, the clips and the dataset (plus `extra`, e.g. what a λ-search trial
-    evaluates). A checkpoint resumes only into a run with the same fingerprint, and λ-search trials are
-    cached under it."""
+    evaluates). Training checkpoints store it, so a refused resume names what differs."""
     settings = bind_settings(params.model.name, params.model.settings, env)
-    payload = {
+    return {
         "env": env, "model": {"name": params.model.name, **section_mapping(settings)},
         "train": result_train_params(params.train), "clip": dataclasses.asdict(params.clip),
         "data": data_identity, **extra,
     }
+
+
+def run_fingerprint(params: Params, env: str, data_identity: str, **extra: Any) -> str:
+    """Hash of `run_config`: λ-search trials are cached under it."""
+    payload = run_config(params, env, data_identity, **extra)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -243,19 +248,21 @@ class RunState:
     rng: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (CPU, CUDA) states to restore
 
 
-def resume_state(path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+def resume_state(path: Path, config: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
                  device: torch.device, announce: bool) -> RunState:
-    """Load the checkpoint at `path` into `model` and `optimizer` when it belongs to this run; a fresh
-    state otherwise."""
+    """Load the checkpoint at `path` into `model` and `optimizer` when it belongs to this run (same run
+    config, same model code); a fresh state otherwise, saying what differs."""
     if not path.exists():
         return RunState()
     try:
         state = read_checkpoint(path, device)
     except CheckpointVersionError:  # an earlier format's checkpoint (checkpoints/ persists) is another run's
         state = {}
-    if state.get("fingerprint") != fingerprint:
+    differences = ["an earlier checkpoint format"] if not state else (
+        state["code"].differences(current_code()) + mapping_differences(state["config"], config))
+    if differences:
         if announce:
-            print(f"ignoring {path}: it belongs to a run with other parameters or data")
+            print(f"ignoring {path}: it belongs to another run ({'; '.join(differences)})")
         return RunState()
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -266,13 +273,13 @@ def resume_state(path: Path, fingerprint: str, model: nn.Module, optimizer: torc
 
 
 def save_training_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: ModelMeta, fingerprint: str,
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: ModelMeta, config: dict[str, Any],
     run: RunState, device: torch.device,
 ) -> None:
-    """Everything `resume` and `load_model` need, written atomically."""
+    """Everything `resume` and `load_model` need, with the run config, written atomically."""
     save_checkpoint(path, {
         "model": model.state_dict(),  # SyncBatchNorm keeps BatchNorm's keys
-        "optimizer": optimizer.state_dict(), "step": run.step, "meta": meta, "fingerprint": fingerprint,
+        "optimizer": optimizer.state_dict(), "step": run.step, "meta": meta, "config": config,
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "mlflow_run_id": run.run_id, "history": run.history,
@@ -335,7 +342,7 @@ def train(
     meta = model_meta(env, params.model.name, params.model.settings, data.store.manifest["image_size"],
                       data.store.manifest["action_dim"], params.clip.frameskip, params.clip.history,
                       data.action_stats)
-    fingerprint = run_fingerprint(params, env, data.store.identity)
+    config = run_config(params, env, data.store.identity)
 
     # Model and optimiser; the model is built from the seeded global RNG, then restored if resuming.
     seed_everything(cfg.seed)
@@ -348,7 +355,7 @@ def train(
     announce = is_main and progress
     run = RunState()
     if resume:
-        run = resume_state(last_checkpoint, fingerprint, model, optimizer, device, announce)
+        run = resume_state(last_checkpoint, config, model, optimizer, device, announce)
     step_model = model
     if world_size > 1:
         step_model = nn.parallel.DistributedDataParallel(
@@ -415,9 +422,9 @@ def train(
             log_validation(run, scores, tracker)
             if selector.is_best(scores):
                 save_training_checkpoint(out_dir / "checkpoints" / "best.pt", model, optimizer, meta,
-                                         fingerprint, run, device)
+                                         config, run, device)
         if is_main and (run.step % cfg.checkpoint_every == 0 or at_end):
-            save_training_checkpoint(last_checkpoint, model, optimizer, meta, fingerprint, run, device)
+            save_training_checkpoint(last_checkpoint, model, optimizer, meta, config, run, device)
         if on_step is not None:
             on_step(run.step)
     bar.close()
@@ -426,7 +433,7 @@ def train(
     metrics["bf16"] = float(precision == "bf16")
     final_path = out_dir / "model.pt"
     if is_main:
-        save_training_checkpoint(final_path, model, optimizer, meta, fingerprint, run, device)
+        save_training_checkpoint(final_path, model, optimizer, meta, config, run, device)
         write_history(run.history, out_dir)
         write_json(out_dir / "metrics.json", metrics)
         if tracker is not None:

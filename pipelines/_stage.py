@@ -11,7 +11,7 @@ from typing import Protocol
 import pandas as pd
 import torch
 
-from lewm.checkpoint import LoadedModel, ModelMeta, load_model
+from lewm.checkpoint import LoadedModel, ModelMeta, check_settings, load_model
 from lewm.config import Params, load_params
 from lewm.data.storage import EpisodeStore
 from lewm.io import atomic_file, write_json
@@ -22,10 +22,10 @@ from pipelines._cli import base_parser
 
 
 def load_model_and_data(
-    env: str, model_path: str | Path, data_dir: str | Path, device: str | torch.device = "cpu"
+    env: str, params: Params, model_path: str | Path, data_dir: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[LoadedModel, EpisodeStore]:
     """The trained model (on `device`) with its meta and step, and the dataset, checked to belong
-    together."""
+    together and to the settings `params` give for the checkpoint's model (`check_settings`)."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise FileNotFoundError(
@@ -43,6 +43,7 @@ def load_model_and_data(
             f"{data_dir}: {store.manifest['image_size']} px frames, but the model was trained on "
             f"{meta.image_size} px"
         )
+    check_settings(meta, params, model_path)
     return loaded, store
 
 
@@ -100,7 +101,7 @@ def run_analysis_stage(
     model_path = Path(model_path or f"runs/{env}/train/model.pt")
     out_dir = Path(out_dir or f"runs/{env}/{stage}")
     torch_device = resolve_device(device)
-    loaded, store = load_model_and_data(env, model_path, data_dir or f"data/{env}", torch_device)
+    loaded, store = load_model_and_data(env, params, model_path, data_dir or f"data/{env}", torch_device)
     run_id = training_run_id(model_path) if track else None
     result = analyse(loaded.model, loaded.meta, store, params, torch_device)
     with atomic_file(out_dir / table_name) as tmp:

@@ -106,7 +106,8 @@ def solvers_stage(env: str, params_path: str | None = None, overrides: list[str]
     `compare.pairs` test pairs (the floors once, beside them); write runs/<env>/compare/solvers.parquet,
     one row per solver (or floor) × pair, the method column naming the solver."""
     params = load_params(params_path, overrides, env)
-    loaded, store = load_model_and_data(env, Path("runs") / env / "train" / "model.pt", Path("data") / env)
+    loaded, store = load_model_and_data(env, params, Path("runs") / env / "train" / "model.pt",
+                                        Path("data") / env)
     manifest = read_manifest(Path("runs") / env / "manifests" / "test.parquet")
     tables = []
     for index, solver in enumerate(params.compare.solvers):
@@ -156,7 +157,7 @@ def timing_table(env: str, params: Params) -> pd.DataFrame:
     models.update({m: baseline_dir(env, m) / "train" / "model.pt" for m in params.compare.models})
     rows = []
     for name, path in models.items():
-        loaded, store = load_model_and_data(env, path, Path("data") / env)
+        loaded, store = load_model_and_data(env, params, path, Path("data") / env)
         pairs = manifest.iloc[: params.compare.timing_pairs]
         frames = [(np.asarray(store.frames[s]), np.asarray(store.frames[g]))
                   for s, g in zip(pairs["start_row"], pairs["goal_row"], strict=True)]

@@ -31,7 +31,7 @@ def plan_stage(
     params = load_params(params_path, overrides, env)
     model_path = Path(train_dir or f"runs/{env}/train") / "model.pt"
     out_dir = Path(out_dir or f"runs/{env}/plan")
-    loaded, store = load_model_and_data(env, model_path, f"data/{env}")
+    loaded, store = load_model_and_data(env, params, model_path, f"data/{env}")
     run_id = training_run_id(model_path) if track else None
     manifest = read_manifest(f"runs/{env}/manifests/test.parquet")
     gif_dir = out_dir / "gifs"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-_TINY_MODEL = [
+TINY_MODEL = [
     "model.lewm.encoder_depth=1", "model.lewm.encoder_dim=32", "model.lewm.encoder_heads=2",
     "model.lewm.patch_size=16", "model.lewm.embed_dim=16", "model.lewm.projector_hidden=32",
     "model.lewm.predictor_depth=1", "model.lewm.predictor_heads=2", "model.lewm.predictor_head_dim=8",
@@ -30,7 +30,7 @@ def pusht_data_config(**changes: Any) -> Any:
 @pytest.fixture
 def tiny_model() -> list[str]:
     """Parameter overrides for a model that trains in a fraction of a second per step on 32 px frames."""
-    return list(_TINY_MODEL)
+    return list(TINY_MODEL)
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +39,7 @@ def tiny_model_config():
     checkpoints directly."""
     from lewm.config import load_params
 
-    return load_params(overrides=_TINY_MODEL).model
+    return load_params(overrides=TINY_MODEL).model
 
 
 @pytest.fixture(scope="session")

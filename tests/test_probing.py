@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import pusht_data_config
+from conftest import TINY_MODEL, pusht_data_config
 
 from lewm.checkpoint import model_meta, read_checkpoint, save_checkpoint
 from lewm.config import PROJECT_ROOT, ProbeConfig, load_params
@@ -34,7 +34,7 @@ from lewm.tracking import configure
 from lewm.world import physical_quantities
 from pipelines import probe as probe_pipeline
 
-TINY_PROBE = ["probe.max_frames=60", "probe.mlp_hidden=16", "probe.mlp_epochs=5"]
+TINY_PROBE = [*TINY_MODEL, "probe.max_frames=60", "probe.mlp_hidden=16", "probe.mlp_epochs=5"]
 
 
 def probe_config(**changes: float | int) -> ProbeConfig:
@@ -229,7 +229,8 @@ def test_untracked_training_run_is_reported_before_any_work(tiny_run, tmp_path):
     untracked.write_bytes(model_path.read_bytes())
     (tmp_path / "train" / "run.json").write_text(json.dumps({"run_id": None}))
     with pytest.raises(ValueError, match="not tracked"):
-        probe_pipeline.probe_stage("pusht", data_dir=data, model_path=untracked, out_dir=tmp_path / "probe")
+        probe_pipeline.probe_stage("pusht", overrides=TINY_PROBE, data_dir=data, model_path=untracked,
+                                   out_dir=tmp_path / "probe")
     assert not (tmp_path / "probe").exists()
 
 

@@ -213,7 +213,7 @@ def test_checkpoint_records_the_model_name_and_settings(tiny, tiny_data, tmp_pat
     params = load_params(overrides=[*tiny, "train.max_steps=2"])
     outcome = train(params, "pusht", tiny_data, tmp_path, progress=False)
     stored = torch.load(outcome.checkpoint, weights_only=False)  # the file itself, as plain data
-    assert stored["format_version"] == 2
+    assert stored["format_version"] == 3
     assert stored["meta"]["model"] == "lewm" == params.model.name
     assert stored["meta"]["settings"] == section_mapping(params.model.settings)
     assert stored["meta"]["env"] == "pusht" and stored["step"] == 2
@@ -291,7 +291,7 @@ def old_format_checkpoint(path: Path) -> Path:
 
 def test_an_old_format_checkpoint_is_refused_with_a_clear_message(tmp_path):
     path = old_format_checkpoint(tmp_path / "model.pt")
-    expected = r"format_version 2 expected, found 1\); retrain with `dvc repro`"
+    expected = r"format_version 3 expected, found 1\); retrain with `dvc repro`"
     with pytest.raises(ValueError, match=expected):
         load_model(path)
     with pytest.raises(ValueError, match=expected):

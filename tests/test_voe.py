@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import pusht_data_config
+from conftest import TINY_MODEL, pusht_data_config
 
 from lewm.checkpoint import load_model, model_meta, save_checkpoint
 from lewm.config import PROJECT_ROOT, VoEConfig, load_params
@@ -41,7 +41,7 @@ def voe_config(**changes: Any) -> VoEConfig:
 
 ENV_KWARGS = {"image_size": 32, "max_steps": 100}
 VOE = voe_config(episodes=2, steps=30, perturb_step=20, window=5, seed=3)
-TINY_VOE = ["voe.episodes=2", "voe.steps=30", "voe.perturb_step=20", "voe.window=5"]
+TINY_VOE = [*TINY_MODEL, "voe.episodes=2", "voe.steps=30", "voe.perturb_step=20", "voe.window=5"]
 PUSHT = get_world("pusht")
 
 

@@ -24,7 +24,7 @@ class WorldModel(Protocol):
     Two optional hooks serve a model built around a pretrained part that another stage makes (dinowm
     freezes a trained LeWM's ViT): its module may define `bind(config, env) -> Config`, settings completed
     from the files they name (called through `lewm.checkpoint.bind_settings` by `model_meta` and
-    `lewm.train.run_fingerprint`, so a checkpoint rebuilds the model without those files and the fingerprint
+    `lewm.train.run_config`, so a checkpoint rebuilds the model without those files and the run config
     follows them), and the model may define `load_pretrained()`, which training calls on the freshly built
     model to load those weights (a checkpoint of the model holds them itself).
     """

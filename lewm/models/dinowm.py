@@ -57,7 +57,7 @@ def file_sha256(path: Path) -> str:
 def source_checkpoint(path: Path, env: str) -> dict[str, Any]:
     """The LeWM checkpoint at `path` (`lewm.checkpoint.read_checkpoint`'s dict), checked to hold a ViT
     encoder, whose patch tokens are the latents; `env` names the stage that makes it."""
-    from lewm.checkpoint import read_checkpoint  # at call time: lewm.checkpoint sits above the models
+    from lewm.checkpoint import check_code, read_checkpoint  # at call time: it sits above the models
 
     if not path.is_file():
         raise FileNotFoundError(
@@ -65,6 +65,7 @@ def source_checkpoint(path: Path, env: str) -> dict[str, Any]:
             f"train LeWM first with `dvc repro train@{env}`"
         )
     state = read_checkpoint(path)
+    check_code(state, path)
     meta = state["meta"]
     if meta.model != "lewm":
         raise ValueError(f"{path}: a {meta.model!r} checkpoint; model.dinowm.encoder_checkpoint needs a "
