@@ -8,7 +8,9 @@ of the code reads instead of knowing about any particular environment.
   selects checkpoints and scores λ-search trials;
 - final-error metrics of an episode (how far from the goal it ended, per physical quantity);
 - probe targets: the physical quantities probes read from the state;
-- VoE perturbations: events injected at one frame of a replayed trajectory.
+- VoE perturbations: events injected at one frame of a replayed trajectory;
+- bodies: the agent and the objects it moves, as pose columns of the state with the world's extent, and
+  what the env's `n_contacts` counts: what a dataset card (`lewm inspect`, lewm/data/card.py) reports.
 """
 
 from __future__ import annotations
@@ -118,6 +120,45 @@ def _quantity_name(prefix: str, kind: str, names: list[str]) -> str:
     return f"{prefix}_" + "".join(name[-1] for name in names)
 
 
+# ------------------------------------------------------------------------------------------------ bodies
+
+ROLES = ("agent", "object")
+
+
+@dataclass(frozen=True)
+class Body:
+    """A body of the scene whose pose a dataset card covers: `role` is `agent` (what the actions drive) or
+    `object` (what the agent moves); `position` its position quantity (x, y[, z] columns) with `extent`, the
+    (low, high) range of the world along each of its axes (the card's occupancy grid spans the first two);
+    `angles` its orientation angles (a shape with a k-fold symmetry covers 2π/k, `Quantity.folds`)."""
+
+    name: str
+    role: str
+    position: Quantity | None = None
+    extent: tuple[tuple[float, float], ...] = ()
+    angles: tuple[Quantity, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"body {self.name}: role {self.role!r} is not one of {ROLES}")
+        axes = 0 if self.position is None else len(self.position.columns)
+        if self.position is not None and self.position.is_angle:
+            raise ValueError(f"body {self.name}: position {self.position.name} is an angle")
+        if len(self.extent) != axes or any(not low < high for low, high in self.extent):
+            raise ValueError(f"body {self.name}: extent {self.extent} must hold one (low, high) range with "
+                             f"low < high per position axis ({axes})")
+        if not all(angle.is_angle and len(angle.columns) == 1 for angle in self.angles):
+            raise ValueError(f"body {self.name}: angles must be single-column angle quantities")
+        if axes == 0 and not self.angles:
+            raise ValueError(f"body {self.name}: no position and no angle")
+
+
+def quantities_by_name(quantities: tuple[Quantity, ...]) -> dict[str, Quantity]:
+    """`{quantity.name: quantity}`, to pick a world's bodies out of its probe targets or
+    `physical_quantities`."""
+    return {quantity.name: quantity for quantity in quantities}
+
+
 # ------------------------------------------------------------------------------------- VoE perturbations
 
 
@@ -190,6 +231,8 @@ class World:
     final_errors: Callable[[np.ndarray, np.ndarray], dict[str, float]]  # (final state, goal) → errors
     probe_targets: tuple[Quantity, ...]
     perturbations: Mapping[str, Perturbation]
+    bodies: tuple[Body, ...] = ()  # the agent and the objects it moves: what a dataset card covers
+    contacts: str = "contact points during the step"  # what the env's info["n_contacts"] counts
 
     def __post_init__(self) -> None:
         if self.headline not in self.predicates:

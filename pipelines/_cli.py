@@ -5,13 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from lewm.config import ConfigError
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors (unknown option, missing argument) are one line `error: ...`
+    and exit status 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     """A parser with the options every stage shares: params file and `key=value` overrides."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = Parser(description=description)
     parser.add_argument("--params", default=None, help="parameter file (default: params.yaml)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -6,9 +6,18 @@ from __future__ import annotations
 import numpy as np
 
 from lewm.envs.cube import env
-from lewm.envs.cube.env import PREDICATES, CubeEnv, cube_errors, success
+from lewm.envs.cube.env import PREDICATES, WORKSPACE_HIGH, WORKSPACE_LOW, CubeEnv, cube_errors, success
 from lewm.envs.cube.expert import CubeExpert
-from lewm.world import TELEPORT, Quantity, UniformPolicy, World, color_change, physical_quantities
+from lewm.world import (
+    TELEPORT,
+    Body,
+    Quantity,
+    UniformPolicy,
+    World,
+    color_change,
+    physical_quantities,
+    quantities_by_name,
+)
 
 
 def final_errors(state: np.ndarray, goal_state: np.ndarray) -> dict[str, float]:
@@ -37,6 +46,9 @@ def _probe_targets() -> tuple[Quantity, ...]:
     return tuple(quantities[name] for name in PROBED)
 
 
+_QUANTITIES = quantities_by_name(_probe_targets())  # the cube's yaw with its 4 folds
+_WORKSPACE = tuple(zip(WORKSPACE_LOW.tolist(), WORKSPACE_HIGH.tolist(), strict=True))  # m, x y z
+
 WORLD = World(
     name="cube",
     env_class=CubeEnv,
@@ -50,6 +62,11 @@ WORLD = World(
     final_errors=final_errors,
     probe_targets=_probe_targets(),
     perturbations={"color": color_change("set_cube_color"), "teleport": TELEPORT},
+    bodies=(
+        Body("hand", "agent", _QUANTITIES["hand_xyz"], _WORKSPACE, angles=(_QUANTITIES["hand_yaw_angle"],)),
+        Body("cube", "object", _QUANTITIES["cube_xyz"], _WORKSPACE, angles=(_QUANTITIES["cube_yaw_angle"],)),
+    ),
+    contacts="gripper–cube contact points (pads, palm or wrist) over the step's 25 physics steps",
 )
 
 __all__ = ["WORLD", "CubeEnv", "CubeExpert", "env"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from lewm.envs.pusht import env
-from lewm.envs.pusht.env import PREDICATES, PushTEnv, block_errors, success
+from lewm.envs.pusht.env import PREDICATES, WALL_INNER_HIGH, WALL_INNER_LOW, PushTEnv, block_errors, success
 from lewm.envs.pusht.expert import PushTExpert, PushTRandomPolicy
-from lewm.world import TELEPORT, World, color_change, physical_quantities
+from lewm.world import TELEPORT, Body, World, color_change, physical_quantities, quantities_by_name
 
 
 def final_errors(state: np.ndarray, goal_state: np.ndarray) -> dict[str, float]:
@@ -16,6 +16,9 @@ def final_errors(state: np.ndarray, goal_state: np.ndarray) -> dict[str, float]:
     position_error, angle_error = block_errors(state, goal_state)
     return {"block_pos_error": float(position_error), "block_angle_error": float(abs(angle_error))}
 
+
+_QUANTITIES = quantities_by_name(physical_quantities(PushTEnv.state_names))
+_TABLE = ((WALL_INNER_LOW, WALL_INNER_HIGH),) * 2  # px between the walls, along x and y
 
 WORLD = World(
     name="pusht",
@@ -30,6 +33,11 @@ WORLD = World(
     final_errors=final_errors,
     probe_targets=physical_quantities(PushTEnv.state_names),
     perturbations={"color": color_change("set_block_color"), "teleport": TELEPORT},
+    bodies=(
+        Body("agent", "agent", _QUANTITIES["agent_xy"], _TABLE),
+        Body("block", "object", _QUANTITIES["block_xy"], _TABLE, angles=(_QUANTITIES["block_angle"],)),
+    ),
+    contacts="agent–block contact points over the step's physics substeps (pymunk)",
 )
 
 __all__ = ["WORLD", "PushTEnv", "PushTExpert", "PushTRandomPolicy", "env"]

@@ -8,7 +8,15 @@ import numpy as np
 from lewm.envs.reacher import env
 from lewm.envs.reacher.env import PREDICATES, ReacherEnv, joint_errors, success
 from lewm.envs.reacher.expert import ReacherExpert
-from lewm.world import TELEPORT, UniformPolicy, World, color_change, physical_quantities
+from lewm.world import (
+    TELEPORT,
+    Body,
+    UniformPolicy,
+    World,
+    color_change,
+    physical_quantities,
+    quantities_by_name,
+)
 
 
 def final_errors(state: np.ndarray, goal_state: np.ndarray) -> dict[str, float]:
@@ -17,6 +25,8 @@ def final_errors(state: np.ndarray, goal_state: np.ndarray) -> dict[str, float]:
     angle_error, fingertip_error = joint_errors(state, goal_state)
     return {"joint_error": float(angle_error), "fingertip_error": float(fingertip_error)}
 
+
+_QUANTITIES = quantities_by_name(physical_quantities(ReacherEnv.state_names))
 
 WORLD = World(
     name="reacher",
@@ -31,6 +41,8 @@ WORLD = World(
     final_errors=final_errors,
     probe_targets=physical_quantities(ReacherEnv.state_names),
     perturbations={"color": color_change("set_arm_color"), "teleport": TELEPORT},
+    bodies=(Body("arm", "agent", angles=(_QUANTITIES["shoulder_angle"], _QUANTITIES["wrist_angle"])),),
+    contacts="nothing: contacts are disabled in the simulation, so it is always 0 (there is no object)",
 )
 
 __all__ = ["WORLD", "ReacherEnv", "ReacherExpert", "env"]
