@@ -148,6 +148,20 @@ class VoEConfig:
 
 
 @dataclass(frozen=True)
+class DecoderConfig:
+    """The pixel decoder trained after the fact on frozen embeddings (lewm/decoder.py): display only, it
+    turns latents back into images for the planning GIFs and the VoE plot."""
+
+    steps: int  # optimiser steps (Adam, cosine decay to 0)
+    batch_size: int
+    lr: float
+    width: int  # channels of the last upsampling block; earlier (coarser) blocks have up to 8x as many
+    l1_weight: float  # loss = MSE + l1_weight · L1, both in [0, 1] pixel space
+    max_frames: int  # frames per split, evenly subsampled: train frames fit it, test frames score it
+    seed: int
+
+
+@dataclass(frozen=True)
 class BisectConfig:
     """λ search by bisection on log scale (reference §13), criterion on the validation manifest."""
 
@@ -201,6 +215,7 @@ class Params:
     eval: EvalConfig
     probe: ProbeConfig
     voe: VoEConfig
+    decoder: DecoderConfig
     bisect: BisectConfig
     compare: CompareConfig
     tracking: TrackingConfig
@@ -376,6 +391,8 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
     for where, precision in (("train.precision", train.precision), ("plan.precision", plan.precision)):
         if precision not in PRECISIONS:
             raise ConfigError(f"{where}: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    decoder = build_section(DecoderConfig, merged.get("decoder"), "decoder")
+    check_decoder(decoder)
     return Params(
         profile=str(merged.get("profile", "cpu")),
         envs=envs,
@@ -387,11 +404,23 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         eval=build_section(EvalConfig, merged.get("eval"), "eval"),
         probe=build_section(ProbeConfig, merged.get("probe"), "probe"),
         voe=build_section(VoEConfig, merged.get("voe"), "voe"),
+        decoder=decoder,
         bisect=build_section(BisectConfig, merged.get("bisect"), "bisect"),
         compare=build_section(CompareConfig, merged.get("compare"), "compare"),
         tracking=build_section(TrackingConfig, merged.get("tracking"), "tracking"),
         raw=merged,
     )
+
+
+def check_decoder(cfg: DecoderConfig) -> None:
+    """Refuse `decoder` values that cannot train, naming the key."""
+    for key in ("steps", "batch_size", "width", "max_frames"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"decoder.{key}: must be ≥ 1, got {getattr(cfg, key)}")
+    if not cfg.lr > 0:
+        raise ConfigError(f"decoder.lr: must be > 0, got {cfg.lr}")
+    if not cfg.l1_weight >= 0:
+        raise ConfigError(f"decoder.l1_weight: must be ≥ 0, got {cfg.l1_weight}")
 
 
 def mapping_differences(recorded: Any, current: Any, where: str = "") -> list[str]:

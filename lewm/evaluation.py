@@ -13,10 +13,14 @@
 - `summarize` excludes, per predicate, starts that already satisfy it (reporting how many), gives a Wilson
   95% interval instead of a bare rate, the mean ± std of the per-seed rate across evaluation seeds, and
   planning time per solve (median, p90). Rates are fractions in [0, 1].
+- GIFs show the observation beside the goal; given a decoder of the model's latents (lewm/decoder.py), the
+  planner's GIFs add a third panel: the decoded imagined rollout of the chosen plan (`imagined_frames`).
+  Decoding is display only: the agents, their episodes and every metric are the same with or without it.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from torch import Tensor
 
 from lewm.checkpoint import ModelMeta
 from lewm.config import EvalConfig, Params, PlanConfig
@@ -36,6 +42,9 @@ from lewm.world import World
 START, GOAL = "start_state_", "goal_state_"
 FINAL = "final_"
 PAIR_COLUMNS = ("pair", "split", "episode", "start_step", "goal_step", "start_row", "goal_row")
+
+ImageDecoder = Callable[[Tensor], np.ndarray]
+"""Latents `(N, *latent)` → uint8 frames `(N, H, W, 3)` (`lewm.decoder.PixelDecoder.decode_frames`)."""
 
 
 # ---------------------------------------------------------------------------------------------- manifest
@@ -249,13 +258,14 @@ def evaluate(
     gif_dir: str | Path | None = None,
     progress: bool = False,
     world: World | None = None,
+    decoder: ImageDecoder | None = None,
 ) -> pd.DataFrame:
     """Run every method on every pair under every evaluation seed; one row per (eval seed, pair, method).
 
     `agents` maps method names to factories called with the episode's seed (`episode_seed(base_seed,
     eval_seed, pair)`). `world` (default: the dataset's) gives the predicates and final errors. With
     `gif_dir`, the first `eval_cfg.gifs` pairs of the first evaluation seed are written as
-    `<method>_pair<id>.gif`.
+    `<method>_pair<id>.gif`; with `decoder` too, a planner's GIF shows its decoded imagined rollouts.
     """
     check_manifest(manifest, store)
     world = world or get_world(store.manifest["env"])
@@ -272,11 +282,16 @@ def evaluate(
             record = seed_index == 0 and pair.pair in gif_pairs
             for method, make_agent in agents.items():
                 agent = make_agent(episode_seed(base_seed, eval_seed, pair.pair))
+                imagines = record and decoder is not None and isinstance(agent, LatentMPCAgent)
+                if imagines:
+                    agent.imagine = True
                 result = run_episode(env, agent, starts[i], goals[i], goal_pixels, eval_cfg.budget,
                                      predicates, world.success, record_frames=record)
                 if record:
+                    imagined = imagined_frames(result.act_steps, agent.imagined, agent.frameskip,
+                                               len(result.frames), decoder) if imagines else None
                     write_episode_gif(result.frames, goal_pixels,
-                                      Path(gif_dir) / f"{method}_pair{pair.pair:03d}.gif")
+                                      Path(gif_dir) / f"{method}_pair{pair.pair:03d}.gif", imagined=imagined)
                 rows.append({"eval_seed": eval_seed, "pair": pair.pair, "episode": pair.episode,
                              "start_step": pair.start_step, "goal_step": pair.goal_step, "method": method,
                              **episode_columns(result, goals[i], predicates, world.final_errors)})
@@ -321,12 +336,14 @@ def evaluate_model(
     gif_dir: str | Path | None = None,
     env: Any = None,
     progress: bool = False,
+    decoder: ImageDecoder | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Evaluate the world model + solver (method `meta.model`, e.g. `lewm`) and the baselines on the
     manifest: `(rows, summary)`.
 
     `episodes` keeps the first pairs only (a uniform subset, for checkpoint selection inside a training
-    loop). The model is put in eval mode for the duration and restored afterwards.
+    loop). The model is put in eval mode for the duration and restored afterwards. `decoder` (the model's
+    latents → frames) adds the decoded imagined rollouts to the planner's GIFs.
     """
     if meta.env != store.manifest["env"] or meta.image_size != store.manifest["image_size"]:
         raise ValueError(f"model trained on {meta.env} at {meta.image_size} px, dataset is "
@@ -340,7 +357,8 @@ def evaluate_model(
     model.eval()
     try:
         rows = evaluate(subset, store, env if env is not None else make_eval_env(store), agents,
-                        eval_cfg, base_seed=plan_cfg.seed, gif_dir=gif_dir, progress=progress)
+                        eval_cfg, base_seed=plan_cfg.seed, gif_dir=gif_dir, progress=progress,
+                        decoder=decoder)
     finally:
         model.train(was_training)
     return rows, summarize(rows)
@@ -376,17 +394,47 @@ class PlanningCheck:
 # ---------------------------------------------------------------------------------------------------- GIFs
 
 
+def imagined_frames(act_steps: Sequence[int] | None, imagined: Sequence[Tensor], frameskip: int,
+                    num_frames: int, decoder: ImageDecoder) -> list[np.ndarray] | None:
+    """The decoded imagination shown beside each of an episode's `num_frames` observed frames, or None when
+    the agent never planned (an episode that started at its goal).
+
+    `imagined[i]` is what the plan chosen at env step `act_steps[i]` imagines (`LatentMPCAgent.imagined`):
+    latent 0 that frame's own, latent k the predicted frame k·`frameskip` steps later. Frame t shows, of the
+    latest plan chosen at or before t, the imagined frame nearest in time (the last one past its horizon), so
+    the panel runs in step with the observation, and jumps back to a fresh imagination at every replanning.
+    """
+    if not act_steps or not imagined:
+        return None
+    if len(act_steps) != len(imagined):
+        raise ValueError(f"{len(act_steps)} planning steps but {len(imagined)} imagined rollouts")
+    decoded = decoder(torch.cat(list(imagined)))  # one batch: (solves · (1 + H), H, W, 3)
+    offsets = np.cumsum([0, *(len(latents) for latents in imagined)])
+    shown = []
+    for t in range(num_frames):
+        solve = max(0, bisect.bisect_right(act_steps, t) - 1)
+        ahead = min((t - act_steps[solve] + frameskip // 2) // frameskip, len(imagined[solve]) - 1)
+        shown.append(decoded[offsets[solve] + max(0, ahead)])
+    return shown
+
+
 def write_episode_gif(frames: Sequence[np.ndarray], goal_frame: np.ndarray, path: str | Path,
-                      scale: int = 4, fps: int = 10) -> None:
-    """Write an animated GIF of `observation | goal` side by side, upscaled `scale`× (nearest), atomically."""
+                      scale: int = 4, fps: int = 10, imagined: Sequence[np.ndarray] | None = None) -> None:
+    """Write an animated GIF of `observation | goal` side by side, or `observation | goal | imagined` with
+    the decoded imagination of each frame (`imagined_frames`), upscaled `scale`× (nearest), atomically."""
     from PIL import Image
 
     if not frames:
         raise ValueError("write_episode_gif: no frames")
+    if imagined is not None and len(imagined) != len(frames):
+        raise ValueError(f"write_episode_gif: {len(imagined)} imagined frames for {len(frames)} observations")
     separator = np.full((goal_frame.shape[0], 2, 3), 255, dtype=np.uint8)
     images = []
-    for frame in frames:
-        side_by_side = np.concatenate([frame, separator, goal_frame], axis=1)
+    for t, frame in enumerate(frames):
+        panels = [frame, separator, goal_frame]
+        if imagined is not None:
+            panels += [separator, imagined[t]]
+        side_by_side = np.concatenate(panels, axis=1)
         upscaled = side_by_side.repeat(scale, axis=0).repeat(scale, axis=1)
         images.append(Image.fromarray(np.ascontiguousarray(upscaled, dtype=np.uint8)))
     with atomic_file(path) as tmp:

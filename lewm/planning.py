@@ -9,6 +9,9 @@
   must beat on the same start/goal pairs (`baseline_agents`).
 - `run_episode`: the MPC loop shared by every agent. Each executed raw action is clipped to [−1, 1] and
   every success predicate is checked after every env step (and at the start state).
+- With `imagine` set (the evaluation sets it for the episodes it draws as GIFs), `LatentMPCAgent` also keeps
+  what each chosen plan imagines: the current frame's latent followed by the model's own `rollout` of the
+  whole plan from it (`imagined`), computed after the solve, outside its timing; display only.
 
 Episode end (a deliberate choice): the episode stops once *every* predicate has been satisfied at least
 once, or when the step budget is spent. An agent's trajectory does not depend on when we stop, so each
@@ -73,13 +76,17 @@ class LatentMPCAgent:
         self.action_dim, self.image_size = meta.action_dim, meta.image_size
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(self.device, plan_cfg.precision)
+        self.frameskip = meta.frameskip
         self.solver = make_solver(plan_cfg, meta.frameskip * meta.action_dim, seed, self.device)
         self.z_goal: Tensor | None = None
         self.solve_times: list[float] = []
+        self.imagine = False  # keep what every chosen plan imagines (`imagined`), for display
+        self.imagined: list[Tensor] = []
 
     def start(self, goal_pixels: np.ndarray) -> None:
         self.solver.reset()
         self.solve_times = []
+        self.imagined = []
         self.z_goal = self._encode(goal_pixels)
 
     def act(self, pixels: np.ndarray) -> np.ndarray:
@@ -96,8 +103,18 @@ class LatentMPCAgent:
             result = self.solver.solve(self.model.planning_cost(z_now, z_goal))
         blocks = result.plan[: self.plan_cfg.receding].cpu()
         self.solve_times.append(time.perf_counter() - started)
+        if self.imagine:
+            self.imagined.append(self._imagine(z_now.detach(), result.plan.detach()))
         raw = self.action_stats.denormalize(blocks.double().numpy())
         return raw.reshape(-1, self.action_dim)
+
+    def _imagine(self, z_now: Tensor, plan: Tensor) -> Tensor:
+        """What the chosen `plan` (H, block_dim) imagines from the current latent `z_now` (1, *latent): that
+        latent, then the model's rollout of the plan, `(1 + H, *latent)` float32 on the CPU; latent k is the
+        model's guess of the frame k·frameskip raw steps from now."""
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            rollout = self.model.rollout(z_now, plan[None].to(self.device))[0].float()
+        return torch.cat([z_now.float(), rollout]).cpu()
 
     def _encode(self, pixels: np.ndarray) -> Tensor:
         """(H, W, 3) uint8 frame → (1, *latent) latent, in inference mode."""
@@ -167,6 +184,7 @@ class EpisodeResult:
     final_state: np.ndarray
     solve_times: list[float] = field(default_factory=list)
     frames: list[np.ndarray] | None = None  # observed frames (start included) when recorded
+    act_steps: list[int] | None = None  # when recorded: the env step of every `agent.act` call
 
     def success(self, predicate: str) -> bool:
         return self.first_success[predicate] is not None
@@ -199,9 +217,12 @@ def run_episode(
     agent.start(goal_pixels)
     first_success: dict[str, int | None] = dict.fromkeys(predicates)
     frames = [obs["pixels"]] if record_frames else None
+    act_steps: list[int] | None = [] if record_frames else None
     steps = 0
     done = _note_successes(first_success, success_fn, obs["state"], goal_state, steps)
     while not done and steps < budget:
+        if act_steps is not None:
+            act_steps.append(steps)
         actions = np.atleast_2d(np.asarray(agent.act(obs["pixels"]), dtype=np.float32))
         for action in np.clip(actions, -1.0, 1.0)[: budget - steps]:
             obs = env.step(action)[0]
@@ -211,7 +232,8 @@ def run_episode(
             done = _note_successes(first_success, success_fn, obs["state"], goal_state, steps)
             if done:
                 break
-    return EpisodeResult(steps, first_success, np.asarray(obs["state"]), list(agent.solve_times), frames)
+    return EpisodeResult(steps, first_success, np.asarray(obs["state"]), list(agent.solve_times), frames,
+                         act_steps)
 
 
 def _note_successes(first_success: dict[str, int | None], success_fn: SuccessFn, state: np.ndarray,

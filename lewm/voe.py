@@ -29,10 +29,15 @@ context's last frame, the same spike would appear fs steps before the perturbati
 Statistics per perturbed condition, from the per-episode peak (max surprise over predicted frames
 perturb_step … perturb_step + window): the ratio of mean peaks to the unperturbed mean peak, the median
 of per-episode peak ratios, and a paired one-sided t-test (perturbed > unperturbed).
+
+Given a pixel decoder of the model's latents (lewm/decoder.py), the plot also shows the first episode at the
+perturbation: each condition's observed frame, its decoded latent and the decoded prediction of it
+(`decoded_at_perturbation`): what the model expected there, against what happened. Display only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +58,10 @@ from lewm.plots import save_figure
 from lewm.world import Perturbation, PerturbationContext, World
 
 UNPERTURBED = "unperturbed"
+PANEL_ROWS = {"observed": "observed", "decoded": "decoded\nobservation", "predicted": "decoded\nprediction"}
+
+ImageDecoder = Callable[[torch.Tensor], np.ndarray]
+"""Latents `(N, *latent)` → uint8 frames `(N, H, W, 3)` (`lewm.decoder.PixelDecoder.decode_frames`)."""
 
 
 @dataclass
@@ -132,15 +141,16 @@ def episode_trajectories(
     return trajectories
 
 
-def surprise_curve(
+def predicted_latents(
     model: WorldModel,
     frames: np.ndarray,
     actions: np.ndarray,
     action_stats: ActionStats,
     device: str | torch.device = "cpu",
-) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted frame indices k, surprise at k) of one trajectory, for every raw step with a full
-    history context (see the module docstring for the windows and their alignment)."""
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """(predicted frame indices k, the model's prediction of each frame k from its context, each frame k's
+    own latent) of one trajectory, for every raw step with a full history context (see the module
+    docstring for the windows and their alignment); latents `(W, *latent)` on `device`."""
     fs, history = model.frameskip, model.history
     context_ends = np.arange(fs * (history - 1), len(actions) - fs + 1)
     if len(context_ends) == 0:
@@ -156,8 +166,46 @@ def surprise_curve(
         action_blocks = torch.from_numpy(blocks.reshape(*context.shape, -1)).to(device)
         predicted = model.predict(z[window_context], action_blocks)[:, -1]
         target = z[torch.as_tensor(context_ends + fs, device=device)]
+    return context_ends + fs, predicted, target
+
+
+def surprise_curve(
+    model: WorldModel,
+    frames: np.ndarray,
+    actions: np.ndarray,
+    action_stats: ActionStats,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted frame indices k, surprise at k) of one trajectory, for every raw step with a full
+    history context (see the module docstring for the windows and their alignment)."""
+    steps, predicted, target = predicted_latents(model, frames, actions, action_stats, device)
+    with torch.inference_mode():
         surprise = (predicted - target).pow(2).flatten(1).sum(dim=1)
-    return context_ends + fs, surprise.cpu().numpy().astype(np.float64)
+    return steps, surprise.cpu().numpy().astype(np.float64)
+
+
+def decoded_at_perturbation(
+    model: WorldModel,
+    action_stats: ActionStats,
+    trajectories: list[Trajectory],
+    perturb_step: int,
+    decoder: ImageDecoder,
+    device: str | torch.device = "cpu",
+) -> dict[str, dict[str, np.ndarray]]:
+    """What the model expected at the perturbation, decoded, beside what happened, for the first episode's
+    trajectories: per condition, `observed` (frame `perturb_step`), `decoded` (that frame's own latent,
+    decoded: what the decoder can show at all) and `predicted` (the prediction of that frame from the
+    frames before it, decoded; those frames, hence the prediction, are the same in every condition)."""
+    episode = trajectories[0].episode
+    panels: dict[str, dict[str, np.ndarray]] = {}
+    for trajectory in (t for t in trajectories if t.episode == episode):
+        steps, predicted, target = predicted_latents(model, trajectory.frames, trajectory.actions,
+                                                     action_stats, device)
+        at = int(np.flatnonzero(steps == perturb_step)[0])
+        decoded, prediction = decoder(torch.stack([target[at], predicted[at]]))
+        panels[trajectory.condition] = {"observed": trajectory.frames[perturb_step], "decoded": decoded,
+                                        "predicted": prediction}
+    return panels
 
 
 def surprise_table(
@@ -224,11 +272,31 @@ def voe_metrics(table: pd.DataFrame, window: int) -> dict[str, float]:
     return metrics
 
 
-def plot_surprise(table: pd.DataFrame, window: int, metrics: dict[str, float], path: str | Path) -> None:
-    """Mean ± s.e.m. surprise over episodes around the perturbation (relative step 0), per condition."""
+def plot_surprise(table: pd.DataFrame, window: int, metrics: dict[str, float], path: str | Path,
+                  decoded: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+    """Mean ± s.e.m. surprise over episodes around the perturbation (relative step 0), per condition; with
+    `decoded` (`decoded_at_perturbation`), the first episode's frames at the perturbation below it: per
+    condition the observed frame, its decoded latent and the decoded prediction."""
+    if decoded:
+        conditions = list(decoded)
+        fig = plt.figure(figsize=(7, 4 + 1.3 * len(PANEL_ROWS)))
+        grid = fig.add_gridspec(1 + len(PANEL_ROWS), len(conditions),
+                                height_ratios=[4, *[1.3] * len(PANEL_ROWS)], hspace=0.35)
+        ax = fig.add_subplot(grid[0, :])
+        for column, condition in enumerate(conditions):
+            for row, (key, label) in enumerate(PANEL_ROWS.items(), start=1):
+                image_ax = fig.add_subplot(grid[row, column])
+                image_ax.imshow(decoded[condition][key], interpolation="nearest")
+                image_ax.set_xticks([])
+                image_ax.set_yticks([])
+                if row == 1:
+                    image_ax.set_title(condition, fontsize=8)
+                if column == 0:
+                    image_ax.set_ylabel(label, fontsize=8)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4))
     near = table[table["relative_step"].abs() <= window]
     curves = near.groupby(["condition", "relative_step"])["surprise"].agg(["mean", "sem"]).reset_index()
-    fig, ax = plt.subplots(figsize=(7, 4))
     for condition in [UNPERTURBED, *perturbed_conditions(table)]:
         curve = curves[curves["condition"] == condition]
         label = condition
@@ -255,6 +323,7 @@ class VoEResult:
 
     table: pd.DataFrame
     metrics: dict[str, float]
+    decoded: dict[str, dict[str, np.ndarray]] | None = None  # `decoded_at_perturbation`, given a decoder
 
 
 def run_voe(
@@ -263,9 +332,11 @@ def run_voe(
     env_kwargs: dict[str, Any],
     cfg: VoEConfig,
     device: str | torch.device = "cpu",
+    decoder: ImageDecoder | None = None,
 ) -> VoEResult:
     """Roll out `cfg.episodes` episodes of every condition in world `meta.env` (built with `env_kwargs`, as
-    the training data was) and measure the model's surprise along them."""
+    the training data was) and measure the model's surprise along them; with `decoder`, also decode what
+    the model expected at the perturbation (display only: the table and metrics do not depend on it)."""
     check_config(cfg, model.frameskip, model.history)
     world = get_world(meta.env)
     trajectories = [
@@ -274,4 +345,6 @@ def run_voe(
         for trajectory in episode_trajectories(world, env_kwargs, cfg, episode).values()
     ]
     table = surprise_table(model.to(device), meta.action_stats, trajectories, cfg.perturb_step, device)
-    return VoEResult(table, voe_metrics(table, cfg.window))
+    decoded = None if decoder is None else decoded_at_perturbation(
+        model, meta.action_stats, trajectories, cfg.perturb_step, decoder, device)
+    return VoEResult(table, voe_metrics(table, cfg.window), decoded)

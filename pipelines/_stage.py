@@ -1,5 +1,5 @@
-"""Plumbing shared by the stages that analyse a trained model (plan, probe, voe): load the checkpoint with
-its dataset, and append results to the MLflow run that trained it."""
+"""Plumbing shared by the stages that analyse a trained model (decode, plan, probe, voe): load the checkpoint
+with its dataset, and append results to the MLflow run that trained it."""
 
 from __future__ import annotations
 
@@ -57,8 +57,9 @@ def training_run_id(model_path: Path) -> str:
     return run_id
 
 
-def analysis_parser(description: str, stage: str) -> argparse.ArgumentParser:
-    """The options of a stage that analyses a trained model: env, data, checkpoint, output, device."""
+def analysis_parser(description: str, stage: str, decoder: bool = False) -> argparse.ArgumentParser:
+    """The options of a stage that analyses a trained model: env, data, checkpoint, output, device; with
+    `decoder`, the pixel decoder it shows imagined frames with (`add_decoder_options`)."""
     parser = base_parser(description)
     parser.add_argument("--env", required=True)
     parser.add_argument("--data", default=None, help="dataset directory (default: data/<env>)")
@@ -66,7 +67,18 @@ def analysis_parser(description: str, stage: str) -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help=f"output directory (default: runs/<env>/{stage})")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    if decoder:
+        add_decoder_options(parser)
     return parser
+
+
+def add_decoder_options(parser: argparse.ArgumentParser) -> None:
+    """`--decoder PATH` and `--no-decoder`: the pixel decoder of the checkpoint (lewm/decoder.py; default:
+    the decode stage's, runs/<env>/decode/decoder.pt, when it exists)."""
+    parser.add_argument("--decoder", default=None,
+                        help="pixel decoder of the checkpoint (default: <train dir>/../decode/decoder.pt, "
+                             "e.g. runs/<env>/decode/decoder.pt, if present)")
+    parser.add_argument("--no-decoder", action="store_true", help="show no decoded imagination")
 
 
 class AnalysisResult(Protocol):
@@ -114,8 +126,11 @@ def run_analysis_stage(
     return result.metrics
 
 
-def run_analysis_cli(stage_function: Callable[..., dict[str, float]], description: str, stage: str) -> dict:
-    """Parse the analysis options (`analysis_parser`) and run `stage_function` with them."""
-    args = analysis_parser(description, stage).parse_args()
+def run_analysis_cli(stage_function: Callable[..., dict[str, float]], description: str, stage: str,
+                     decoder: bool = False) -> dict:
+    """Parse the analysis options (`analysis_parser`) and run `stage_function` with them (with `decoder`,
+    also its `decoder` and `use_decoder` arguments)."""
+    args = analysis_parser(description, stage, decoder).parse_args()
+    extra = {"decoder": args.decoder, "use_decoder": not args.no_decoder} if decoder else {}
     return stage_function(args.env, args.params, args.overrides, args.data, args.model, args.out,
-                          track=not args.no_track, device=args.device)
+                          track=not args.no_track, device=args.device, **extra)

@@ -32,6 +32,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "generate": ("pipelines.generate", "roll out the collection policy, write the dataset"),
     "manifest": ("pipelines.manifest", "draw the start/goal pairs of val and test episodes"),
     "train": ("pipelines.train", "train the world model on the dataset (MLflow-tracked)"),
+    "decode": ("pipelines.decode", "pixel decoder on frozen embeddings: what the model imagines"),
     "plan": ("pipelines.plan", "planning success on the held-out test pairs, with floors"),
     "probe": ("pipelines.probe", "probe frozen embeddings onto physical state"),
     "voe": ("pipelines.voe", "violation-of-expectation surprise (colour, teleport)"),

@@ -1,5 +1,5 @@
-"""The whole pipeline as one Prefect flow: per environment generate → manifest → train → plan, probe, voe, and
-for the worlds in `compare.envs` the comparison of world models and solvers (pipelines/compare.py).
+"""The whole pipeline as one Prefect flow: per environment generate → manifest → train → decode → plan, probe,
+voe, and for the worlds in `compare.envs` the comparison of world models and solvers (pipelines/compare.py).
 
     python -m pipelines.full [--env pusht] [--stages generate,train] [--set key=value]
 
@@ -27,10 +27,10 @@ from prefect.cache_policies import NO_CACHE
 from lewm.config import load_params
 from pipelines._cli import base_parser, run_cli
 
-STAGES = ("generate", "manifest", "train", "plan", "probe", "voe", "compare")
+STAGES = ("generate", "manifest", "train", "decode", "plan", "probe", "voe", "compare")
 """Every stage, in an order that respects dvc.yaml's dependencies: generate → manifest → train (its
-planning checks read the validation manifest) → plan, probe and voe → compare (runs the DVC stages in
-`COMPARE_PARTS`)."""
+planning checks read the validation manifest) → decode (the pixel decoder, which plan's GIFs and voe's plot
+show) → plan, probe and voe → compare (runs the DVC stages in `COMPARE_PARTS`)."""
 
 COMPARE_PARTS = ("train_baseline", "plan_baseline", "compare_curves", "compare_solvers", "compare")
 """The DVC stages that the flow's `compare` step runs, in this order (`pipelines.compare.compare_stage`)."""

@@ -5,7 +5,10 @@
 The world model (`model.name`) with the solver (`plan.solver`) in an MPC loop, and the floor baselines
 (random, zero), run on exactly the same start/goal pairs. Writes
 runs/<env>/plan/{episodes.parquet (one row per eval seed × pair × method), metrics.json, gifs/} and logs
-them to the MLflow run of the evaluated model (metrics prefixed `plan/`).
+them to the MLflow run of the evaluated model (metrics prefixed `plan/`). GIFs show the observation beside
+the goal; when the model has a pixel decoder (the decode stage's `decode/decoder.pt` beside its training
+directory, e.g. runs/<env>/decode/decoder.pt, or --decoder), the planner's GIFs add the decoded imagined
+rollout of the chosen plan. The decoder is display only: the episodes and metrics are the same without it.
 """
 
 from __future__ import annotations
@@ -13,33 +16,41 @@ from __future__ import annotations
 from pathlib import Path
 
 from lewm.config import PlanConfig, load_params, section_mapping
+from lewm.decoder import find_decoder
 from lewm.evaluation import evaluate_model, read_manifest
-from lewm.io import atomic_file, write_json
+from lewm.io import atomic_dir, atomic_file, write_json
 from lewm.runtime import resolve_precision
 from lewm.tracking import append_to_run
 from pipelines._cli import base_parser, run_cli
-from pipelines._stage import load_model_and_data, training_run_id
+from pipelines._stage import add_decoder_options, load_model_and_data, training_run_id
 
 
 def plan_stage(
     env: str, params_path: str | None = None, overrides: list[str] | None = None,
     train_dir: str | Path | None = None, out_dir: str | Path | None = None, track: bool = True,
-    progress: bool = True, pairs: int | None = None,
+    progress: bool = True, pairs: int | None = None, decoder: str | Path | None = None,
+    use_decoder: bool = True,
 ) -> dict[str, float]:
     """Evaluate runs/<env>/train/model.pt on runs/<env>/manifests/test.parquet (or its first `pairs` pairs,
-    a uniform subset); return the summary."""
+    a uniform subset); return the summary. The GIFs show decoded imagined rollouts when the checkpoint has
+    a decoder (`lewm.decoder.find_decoder`: `decoder`, else the decode stage's beside `train_dir`, refused if
+    it belongs to another checkpoint; none with `use_decoder` false)."""
     params = load_params(params_path, overrides, env)
     model_path = Path(train_dir or f"runs/{env}/train") / "model.pt"
     out_dir = Path(out_dir or f"runs/{env}/plan")
     loaded, store = load_model_and_data(env, params, model_path, f"data/{env}")
+    device = next(loaded.model.parameters()).device
+    pixel_decoder = find_decoder(model_path, decoder, use_decoder and params.eval.gifs > 0, device)
     run_id = training_run_id(model_path) if track else None
     manifest = read_manifest(f"runs/{env}/manifests/test.parquet")
     gif_dir = out_dir / "gifs"
-    rows, summary = evaluate_model(loaded.model, loaded.meta, manifest, store, params.plan, params.eval,
-                                   episodes=pairs, gif_dir=gif_dir if params.eval.gifs else None,
-                                   progress=progress)
+    # the GIFs appear together, replacing the last run's (an interrupted run leaves none of its own there)
+    with atomic_dir(gif_dir) as gif_tmp:
+        rows, summary = evaluate_model(loaded.model, loaded.meta, manifest, store, params.plan, params.eval,
+                                       episodes=pairs, gif_dir=gif_tmp if params.eval.gifs else None,
+                                       progress=progress,
+                                       decoder=None if pixel_decoder is None else pixel_decoder.decode_frames)
     summary.update(solver_settings(params.plan))
-    device = next(loaded.model.parameters()).device
     summary["bf16"] = float(resolve_precision(device, params.plan.precision) == "bf16")
     with atomic_file(out_dir / "episodes.parquet") as tmp:
         rows.to_parquet(tmp, index=False)
@@ -78,9 +89,11 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="output directory (default: runs/<env>/plan)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     parser.add_argument("--pairs", type=int, default=None, help="evaluate only the first N manifest pairs")
+    add_decoder_options(parser)
     args = parser.parse_args()
     summary = plan_stage(args.env, args.params, args.overrides, args.train_dir, args.out,
-                         track=not args.no_track, pairs=args.pairs)
+                         track=not args.no_track, pairs=args.pairs, decoder=args.decoder,
+                         use_decoder=not args.no_decoder)
     print(describe(summary))
 
 
