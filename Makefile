@@ -5,10 +5,15 @@ export MUJOCO_GL ?= osmesa
 
 ENV ?= pusht
 
-.PHONY: install repro smoke test test-slow bench lint bisect prefect-server serve
+.PHONY: install install-browser repro smoke test test-slow test-ui ui-screenshots ui bench lint bisect \
+	prefect-server serve
 
 install:
 	@bash scripts/setup.sh
+
+# `install` plus Debian's chromium, which only the browser test of the UIs needs (tests/test_ui.py).
+install-browser:
+	@bash scripts/setup.sh --browser
 
 repro: install
 	$(VENV)/dvc repro
@@ -20,8 +25,22 @@ smoke: install
 test: install
 	$(VENV)/python -m pytest -m "not slow" -q
 
-test-slow: install
+test-slow: install-browser
 	$(VENV)/python -m pytest -m slow -q
+
+# The UIs in a real browser: a smoke-profile run, `mlflow server` and `prefect server` on free local ports,
+# the deployments served, headless Chromium checking the pages (a few minutes). `ui-screenshots` also
+# copies the screenshots of each page into docs/screenshots/ (shown in the README).
+test-ui: install-browser
+	$(VENV)/python -m pytest tests/test_ui.py -m slow -q
+
+ui-screenshots: install-browser
+	LEWM_UI_SCREENSHOTS=$(CURDIR)/docs/screenshots $(VENV)/python -m pytest tests/test_ui.py -m slow -q
+
+# Both UIs on the project's stores: MLflow on http://127.0.0.1:5000, Prefect on http://127.0.0.1:4200 with
+# the deployments served (scripts/ui.sh); Ctrl-C stops all.
+ui: install
+	@bash scripts/ui.sh
 
 # The speed suite: prints a table of figures with ratios against references measured in the same run and
 # writes bench/results.json (machine, commit, medians). Other scripts in bench/ are run by hand.

@@ -130,7 +130,8 @@ def train_and_evaluate(setup: SearchSetup, params: Params, lambda_: float, direc
     eval_cfg = dataclasses.replace(params.eval, gifs=0)
     rows, summary = evaluate_model(loaded.model, loaded.meta, read_manifest(setup.manifest_path),
                                    EpisodeStore.open(setup.data_dir), params.plan, eval_cfg, baselines=())
-    rows.to_parquet(directory / "val_episodes.parquet", index=False)
+    with atomic_file(directory / "val_episodes.parquet") as tmp:
+        rows.to_parquet(tmp, index=False)
     prefix = f"{loaded.meta.model}."
     planning = {key.removeprefix(prefix): value for key, value in summary.items() if key.startswith(prefix)}
     if outcome.run_id is not None:

@@ -7,16 +7,22 @@ which is how the scale-out stack in docker/ points runs at a real server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from lewm.config import PROJECT_ROOT, TrackingConfig
+
+try:
+    import fcntl
+except ImportError:  # POSIX only: no store lock on Windows
+    fcntl = None
 
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -41,20 +47,70 @@ def tracking_uri(cfg: TrackingConfig | None) -> str:
     )
 
 
+_PREPARED: set[tuple[str, str]] = set()  # (tracking URI, experiment) this process has set up
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///<path>` URI (None for other stores and in-memory SQLite)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on the SQLite store of `uri` (a `<db>.lock` file beside it; a no-op for other
+    stores and where `fcntl` is missing). MLflow creates and migrates a fresh database's schema without
+    one, so several processes opening a new store at once fail (measured: 3 of 4 processes with
+    'duplicate column name' or alembic errors); the experiment's get-or-create races the same way."""
+    path = sqlite_path(uri)
+    if path is None or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def configure(cfg: TrackingConfig) -> str:
-    """Point MLflow at the tracking store and experiment; return the tracking URI."""
+    """Point MLflow at the tracking store and experiment; return the tracking URI. The first call per
+    process creates the store's tables and the experiment under `store_lock`, so stages and trial workers
+    that start together on a fresh store neither race nor fail."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     import mlflow
 
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
-    if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_ARTIFACT_ROOT"):
-        artifact_root = project_db_root() / "mlartifacts"
-        if mlflow.get_experiment_by_name(cfg.experiment) is None:
-            mlflow.create_experiment(cfg.experiment, artifact_location=artifact_root.as_uri())
+    if (uri, cfg.experiment) not in _PREPARED:
+        with store_lock(uri):
+            create_experiment(uri, cfg.experiment)
+        _PREPARED.add((uri, cfg.experiment))
     mlflow.set_experiment(cfg.experiment)
     return uri
+
+
+def create_experiment(uri: str, name: str) -> None:
+    """Create experiment `name` unless it exists (artifacts under the project's mlartifacts/ for a SQLite
+    store); another process creating it at the same moment is not an error."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if mlflow.get_experiment_by_name(name) is not None:  # also creates a fresh store's tables
+        return
+    location = None
+    if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_ARTIFACT_ROOT"):
+        location = (project_db_root() / "mlartifacts").as_uri()
+    try:
+        mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -42,7 +42,7 @@ from lewm.config import Params, TrainConfig, mapping_differences, section_mappin
 from lewm.data.clips import ActionStats, ClipDataset, strided_trajectories
 from lewm.data.storage import EpisodeStore
 from lewm.diagnostics import embedding_stats, straightness
-from lewm.io import write_json
+from lewm.io import atomic_file, write_json
 from lewm.progress import progress_bar
 from lewm.runtime import autocast, init_distributed, resolve_device, resolve_precision, seed_everything
 
@@ -475,6 +475,7 @@ def write_history(history: dict[str, list[dict[str, float]]], out_dir: Path) -> 
 
     train_df = pd.DataFrame(history["train"])
     val_df = pd.DataFrame(history["val"])
-    train_df.to_csv(out_dir / "train_history.csv", index=False)
-    val_df.to_csv(out_dir / "val_history.csv", index=False)
+    for name, table in (("train_history.csv", train_df), ("val_history.csv", val_df)):
+        with atomic_file(out_dir / name) as tmp:
+            table.to_csv(tmp, index=False)
     plot_training_curves(train_df, val_df, out_dir / "curves.png")

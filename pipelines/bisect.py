@@ -11,6 +11,7 @@ runs/<env>/bisect/{val_manifest.parquet, search.parquet, search.png, best.json} 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,11 +39,35 @@ def summary(outcome: SearchOutcome) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- Prefect
 
 
-def limit_torch_threads(threads: int) -> None:
-    """Worker-process initializer: share the cores among parallel trials instead of oversubscribing."""
+def init_trial_worker(threads: int) -> None:
+    """Worker-process initializer: share the cores among parallel trials instead of oversubscribing, and
+    end with the search (`exit_with_parent`)."""
     import torch
 
     torch.set_num_threads(threads)
+    exit_with_parent()
+
+
+def exit_with_parent(interval: float = 0.5) -> None:
+    """End this process soon after the process that started it is gone. A search killed outright (SIGKILL)
+    cannot stop its workers: measured, they kept training and writing their trials' checkpoints, each with
+    its own temporary Prefect server, beside a re-run of the same trials. A daemon thread watches the parent;
+    when it is gone, the exit handlers run (Prefect's stops the worker's server) and the process exits. An
+    unfinished trial resumes from its last checkpoint on the next run (atomic writes: nothing partial)."""
+    import atexit
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        try:
+            atexit._run_exitfuncs()
+        finally:
+            os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 @task(name="bisect-trial", cache_policy=NO_CACHE, task_run_name="trial-lambda={lambda_:.4g}")
@@ -68,7 +93,7 @@ def prefect_round(parallel: int) -> RunRound:
 
         workers = min(parallel, len(lambdas))
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolTaskRunner(max_workers=workers, initializer=limit_torch_threads,
+        with ProcessPoolTaskRunner(max_workers=workers, initializer=init_trial_worker,
                                    initargs=(threads,)) as runner:
             futures = [runner.submit(trial_task, parameters={"evaluate": evaluate, "lambda_": lam})
                        for lam in lambdas]

@@ -3,19 +3,54 @@
 # library MuJoCo renders with, and a project-local virtualenv (.venv) holding the package and its pinned
 # dependencies (constraints.txt pins torch and torchvision as a matched pair). One line per step; pip's
 # full output goes to .venv/install.log and is shown only when the install fails.
+#
+#   bash scripts/setup.sh [--browser]   # --browser: also Debian's chromium, for the browser test of the
+#                                       # UIs (tests/test_ui.py, `make test-ui`); not needed otherwise
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf 'setup: %s\n' "$*"; }
 
+browser=0
+for arg in "$@"; do
+    case "$arg" in
+        --browser) browser=1 ;;
+        *) echo "setup: error: unknown option $arg (known: --browser)" >&2; exit 2 ;;
+    esac
+done
+
+apt_updated=0
+apt_install() {  # Debian packages, without their recommends; the package lists are refreshed once per run
+    local sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    if [ "$apt_updated" -eq 0 ]; then
+        $sudo_cmd apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 if PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null | grep -q libOSMesa; then
     say "system library libosmesa6 (headless MuJoCo rendering): present"
 else
     say "system library libosmesa6 (headless MuJoCo rendering): installing with apt-get"
-    sudo_cmd=""
-    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends libosmesa6 >/dev/null
+    apt_install libosmesa6
+fi
+
+if [ "$browser" -eq 1 ]; then
+    if [ -n "${LEWM_CHROMIUM:-}" ]; then
+        if [ ! -x "$LEWM_CHROMIUM" ]; then
+            echo "setup: error: LEWM_CHROMIUM=$LEWM_CHROMIUM is not an executable" >&2
+            exit 1
+        fi
+        say "browser for the UI test: $LEWM_CHROMIUM (LEWM_CHROMIUM)"
+    elif command -v chromium >/dev/null 2>&1; then
+        say "browser chromium (UI test, headless): present ($(chromium --version 2>/dev/null | head -n 1))"
+    else
+        say "browser chromium (UI test, headless): installing Debian's chromium with apt-get (~300 MB)"
+        apt_install chromium
+        say "browser chromium: installed ($(chromium --version 2>/dev/null | head -n 1))"
+    fi
 fi
 
 python_bin="${PYTHON:-python3}"
