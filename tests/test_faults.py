@@ -58,10 +58,18 @@ def stage_env(tmp_path: Path) -> dict[str, str]:
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> str:
-    """Run `command` to completion; its stdout (stderr shown when it fails)."""
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{command}: exit {result.returncode}\n{result.stderr[-4000:]}"
-    return result.stdout
+    """Run `command` to completion; its stdout (stderr shown when it fails). On a timeout every process it
+    started is stopped too (Prefect's temporary server would outlive it)."""
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        strays(process.pid, settle=0)
+        process.communicate()
+        pytest.fail(f"{command}: no result after {timeout} s")
+    assert process.returncode == 0, f"{command}: exit {process.returncode}\n{stderr[-4000:]}"
+    return stdout
 
 
 def session_processes(session: int) -> list[tuple[int, str]]:
