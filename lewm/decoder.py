@@ -26,7 +26,6 @@ perturbation (lewm/voe.py); no metric of those stages reads it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import time
 from collections.abc import Iterator
@@ -43,7 +42,7 @@ from torch import Tensor, nn
 from lewm.checkpoint import ModelMeta
 from lewm.config import DecoderConfig, section_mapping
 from lewm.data.storage import EpisodeStore
-from lewm.io import atomic_file
+from lewm.io import atomic_file, file_sha256
 from lewm.models import WorldModel
 from lewm.plots import save_figure
 from lewm.probing import split_rows
@@ -323,12 +322,6 @@ def plot_reconstructions(result: DecoderResult, path: str | Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the file
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 (hex) of the file at `path`."""
-    with Path(path).open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)

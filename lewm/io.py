@@ -10,6 +10,7 @@ every atomic write first removes the temporary siblings of its target that no li
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -149,3 +150,9 @@ def write_json(path: str | Path, data: Any) -> None:
     """Write `data` as pretty JSON, atomically."""
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 (hex) of the file at `path`."""
+    with Path(path).open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import pandas as pd
 import torch
@@ -92,6 +92,33 @@ Analyse = Callable[[WorldModel, ModelMeta, EpisodeStore, Params, torch.device], 
 """Runs an analysis: (model, its meta, the dataset, params, device) → result."""
 
 
+class AnalysisInputs(NamedTuple):
+    """What a stage that analyses a trained model starts from."""
+
+    params: Params
+    model_path: Path
+    out_dir: Path
+    device: torch.device
+    loaded: LoadedModel
+    store: EpisodeStore
+    run_id: str | None  # the training's MLflow run to append to; None without tracking
+
+
+def open_analysis(
+    stage: str, env: str, params_path: str | None, overrides: list[str] | None, data_dir: str | Path | None,
+    model_path: str | Path | None, out_dir: str | Path | None, track: bool, device: str,
+) -> AnalysisInputs:
+    """The params, runs/<env>/train/model.pt (or `model_path`) with data/<env> checked to belong together,
+    the output directory runs/<env>/<stage> and the training run to append to, checked before any work."""
+    params = load_params(params_path, overrides, env)
+    model_path = Path(model_path or f"runs/{env}/train/model.pt")
+    torch_device = resolve_device(device)
+    loaded, store = load_model_and_data(env, params, model_path, data_dir or f"data/{env}", torch_device)
+    run_id = training_run_id(model_path) if track else None
+    return AnalysisInputs(params, model_path, Path(out_dir or f"runs/{env}/{stage}"), torch_device, loaded,
+                          store, run_id)
+
+
 def run_analysis_stage(
     stage: str,
     table_name: str,
@@ -109,12 +136,8 @@ def run_analysis_stage(
     """The body of an analysis stage (probe, voe): analyse runs/<env>/train/model.pt on data/<env>, write
     runs/<env>/<stage>/{`table_name`, metrics.json, <stage>.png} and append them to the model's MLflow run
     (metrics prefixed `<stage>/`). Returns the flat metrics."""
-    params = load_params(params_path, overrides, env)
-    model_path = Path(model_path or f"runs/{env}/train/model.pt")
-    out_dir = Path(out_dir or f"runs/{env}/{stage}")
-    torch_device = resolve_device(device)
-    loaded, store = load_model_and_data(env, params, model_path, data_dir or f"data/{env}", torch_device)
-    run_id = training_run_id(model_path) if track else None
+    params, _, out_dir, torch_device, loaded, store, run_id = open_analysis(
+        stage, env, params_path, overrides, data_dir, model_path, out_dir, track, device)
     result = analyse(loaded.model, loaded.meta, store, params, torch_device)
     with atomic_file(out_dir / table_name) as tmp:
         result.table.to_parquet(tmp, index=False)

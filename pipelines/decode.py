@@ -14,13 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lewm.config import load_params
-from lewm.decoder import WorldModelSource, file_sha256, plot_reconstructions, run_decoder, save_decoder
-from lewm.io import write_json
-from lewm.runtime import resolve_device
+from lewm.decoder import WorldModelSource, plot_reconstructions, run_decoder, save_decoder
+from lewm.io import file_sha256, write_json
 from lewm.tracking import append_to_run
 from pipelines._cli import run_cli
-from pipelines._stage import load_model_and_data, run_analysis_cli, training_run_id
+from pipelines._stage import open_analysis, run_analysis_cli
 
 
 def decode_stage(
@@ -35,14 +33,10 @@ def decode_stage(
 ) -> dict[str, float]:
     """Train the decoder of runs/<env>/train/model.pt on data/<env> into runs/<env>/decode; return the flat
     metrics."""
-    params = load_params(params_path, overrides, env)
-    model_path = Path(model_path or f"runs/{env}/train/model.pt")
-    out_dir = Path(out_dir or f"runs/{env}/decode")
-    torch_device = resolve_device(device)
-    loaded, store = load_model_and_data(env, params, model_path, data_dir or f"data/{env}", torch_device)
+    params, model_path, out_dir, torch_device, loaded, store, run_id = open_analysis(
+        "decode", env, params_path, overrides, data_dir, model_path, out_dir, track, device)
     source = WorldModelSource(str(model_path), file_sha256(model_path), loaded.meta.env, loaded.meta.model,
                               loaded.step)
-    run_id = training_run_id(model_path) if track else None
     result = run_decoder(loaded.model, loaded.meta, store, params.decoder, torch_device)
     # the decoder last: a decoder.pt on disk always comes with the metrics and grid of its own run
     plot_reconstructions(result, out_dir / "reconstructions.png")

@@ -18,7 +18,6 @@ projector. Results with it are labelled "DINO-WM-style (frozen LeWM ViT patches)
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from lewm.config import ConfigError, build_section
+from lewm.io import file_sha256
 from lewm.models import CostFn, goal_distance_cost
 from lewm.models import lewm as lewm_model
 from lewm.models.lewm import CausalSelfAttention, Encoder, FeedForward, normalised_images
@@ -46,12 +46,6 @@ class Config:
     predictor_head_dim: int
     predictor_mlp_dim: int
     predictor_dropout: float
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of the file at `path` (hex)."""
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def source_checkpoint(path: Path, env: str) -> dict[str, Any]:
