@@ -391,8 +391,15 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
     for where, precision in (("train.precision", train.precision), ("plan.precision", plan.precision)):
         if precision not in PRECISIONS:
             raise ConfigError(f"{where}: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    check_minimums(train, "train", {"batch_size": 1, "lr": 0, "epochs": 0, "max_steps": 0,
+                                    "checkpoint_every": 1, "log_every": 1, "val_every": 1, "val_batches": 1,
+                                    "plan_eval_every": 0, "plan_eval_episodes": 1, "num_workers": 0},
+                   strict=("lr",))
+    if train.max_steps == 0 and train.epochs == 0:
+        raise ConfigError("train.max_steps and train.epochs: both 0, nothing would train")
     decoder = build_section(DecoderConfig, merged.get("decoder"), "decoder")
-    check_decoder(decoder)
+    check_minimums(decoder, "decoder", {"steps": 1, "batch_size": 1, "width": 1, "max_frames": 1, "lr": 0,
+                                        "l1_weight": 0}, strict=("lr",))
     return Params(
         profile=str(merged.get("profile", "cpu")),
         envs=envs,
@@ -412,15 +419,15 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
     )
 
 
-def check_decoder(cfg: DecoderConfig) -> None:
-    """Refuse `decoder` values that cannot train, naming the key."""
-    for key in ("steps", "batch_size", "width", "max_frames"):
-        if getattr(cfg, key) < 1:
-            raise ConfigError(f"decoder.{key}: must be ≥ 1, got {getattr(cfg, key)}")
-    if not cfg.lr > 0:
-        raise ConfigError(f"decoder.lr: must be > 0, got {cfg.lr}")
-    if not cfg.l1_weight >= 0:
-        raise ConfigError(f"decoder.l1_weight: must be ≥ 0, got {cfg.l1_weight}")
+def check_minimums(cfg: Any, where: str, minimums: dict[str, float], strict: tuple[str, ...] = ()) -> None:
+    """Refuse values below their minimum (`strict` keys: must exceed it), naming the key, so that a value
+    that cannot run (a zero interval, batch or learning rate) fails here, not deep inside a loop."""
+    for key, low in minimums.items():
+        value = getattr(cfg, key)
+        if key in strict and not value > low:
+            raise ConfigError(f"{where}.{key}: must be > {low}, got {value}")
+        if not value >= low:
+            raise ConfigError(f"{where}.{key}: must be ≥ {low}, got {value}")
 
 
 def mapping_differences(recorded: Any, current: Any, where: str = "") -> list[str]:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lewm.checkpoint import ModelMeta, load_model, model_meta, read_checkpoint, save_checkpoint
-from lewm.config import PROJECT_ROOT, load_params, section_mapping
+from lewm.config import PROJECT_ROOT, ConfigError, load_params, section_mapping
 from lewm.data.clips import ActionStats
 from lewm.train import StepBatchSampler, final_metrics, learning_rate, train
 
@@ -129,6 +129,19 @@ def test_too_small_dataset_is_a_clear_error(tiny, tiny_data, tmp_path):
     params = load_params(overrides=[*tiny, "train.batch_size=4096"])
     with pytest.raises(ValueError, match="fewer than one batch"):
         train(params, "pusht", tiny_data, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.val_every=0", r"train\.val_every: must be ≥ 1, got 0"),
+    ("train.log_every=-5", r"train\.log_every: must be ≥ 1, got -5"),
+    ("train.lr=0", r"train\.lr: must be > 0, got 0"),
+    ("train.max_steps=-1", r"train\.max_steps: must be ≥ 0, got -1"),
+])
+def test_train_values_that_cannot_run_are_refused_by_name(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(overrides=[override])
+    with pytest.raises(ConfigError, match="both 0, nothing would train"):
+        load_params(overrides=["train.max_steps=0", "train.epochs=0"])
 
 
 def test_mlflow_run_holds_params_curves_and_model(tiny, tiny_data, tmp_path, monkeypatch):
