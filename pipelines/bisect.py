@@ -11,7 +11,6 @@ runs/<env>/bisect/{val_manifest.parquet, search.parquet, search.png, best.json} 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from lewm.bisection import RunRound, SearchResult, TrialResult, bracket
 from lewm.config import Params, load_params
 from lewm.lambda_trials import SearchOutcome, SearchSetup, open_dataset, publish_search, run_search
 from pipelines._cli import base_parser, run_cli
+from pipelines._reaper import watch_process
 
 
 def summary(outcome: SearchOutcome) -> dict[str, Any]:
@@ -40,34 +40,10 @@ def summary(outcome: SearchOutcome) -> dict[str, Any]:
 
 
 def init_trial_worker(threads: int) -> None:
-    """Worker-process initializer: share the cores among parallel trials instead of oversubscribing, and
-    end with the search (`exit_with_parent`)."""
+    """Worker-process initializer: share the cores among parallel trials instead of oversubscribing."""
     import torch
 
     torch.set_num_threads(threads)
-    exit_with_parent()
-
-
-def exit_with_parent(interval: float = 0.5) -> None:
-    """End this process soon after the process that started it is gone. A search killed outright (SIGKILL)
-    cannot stop its workers: measured, they kept training and writing their trials' checkpoints, each with
-    its own temporary Prefect server, beside a re-run of the same trials. A daemon thread watches the parent;
-    when it is gone, the exit handlers run (Prefect's stops the worker's server) and the process exits. An
-    unfinished trial resumes from its last checkpoint on the next run (atomic writes: nothing partial)."""
-    import atexit
-    import threading
-
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval)
-        try:
-            atexit._run_exitfuncs()
-        finally:
-            os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 @task(name="bisect-trial", cache_policy=NO_CACHE, task_run_name="trial-lambda={lambda_:.4g}")
@@ -109,6 +85,7 @@ def bisect_flow(
 ) -> dict[str, Any]:
     """Prefect flow of the λ search (the same function the tests call): trials are tasks, run in
     parallel worker processes when `bisect.parallel > 1`; publishing to MLflow is a retried task."""
+    watch_process()  # a killed search also stops its temporary Prefect server and trial workers
     parallel = load_params(params_path, overrides).bisect.parallel
     outcome = run_search(env, params_path, overrides, data_dir, out_dir, track,
                          run_round=prefect_round(parallel), publish=publish_task)

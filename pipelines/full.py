@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lewm.config import load_params
 from pipelines._cli import base_parser, run_cli
+from pipelines._reaper import watch_process
 
 STAGES = ("generate", "manifest", "train", "decode", "plan", "probe", "voe", "compare")
 """Every stage, in an order that respects dvc.yaml's dependencies: generate → manifest → train (its
@@ -93,6 +94,7 @@ def full_flow(
     params_path: str | None = None, overrides: list[str] | None = None,
 ) -> list[str]:
     """Run `stages` (default: all) for `envs` (default: params `envs`); returns the steps run."""
+    watch_process()  # a killed run also stops its temporary Prefect server
     params = load_params(params_path, overrides)
     steps = pipeline_steps(envs or params.envs, stages, params.compare.envs)
     for stage, env in steps:

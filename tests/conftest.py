@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,3 +77,24 @@ def tiny_pusht(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = pusht_data_config(episodes=10, max_steps=40, image_size=32, seed=1, val_fraction=0.2,
                             test_fraction=0.1)
     return generate_dataset("pusht", cfg, tmp_path_factory.mktemp("data") / "pusht", progress=False)
+
+
+@contextlib.contextmanager
+def background(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """`args` as a background process in its own process group for the duration of the block; then the
+    whole group (servers start workers, `serve` starts flow-run processes) is terminated, and killed if
+    still there after 30 s, whatever happened in the block. SIGTERM, not Ctrl-C: a process started in the
+    background by a non-interactive shell ignores SIGINT, and so do its children."""
+    with log.open("w") as out:
+        process = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group, and a stuck leader
+            process.wait(timeout=10)

@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import background
 
 from lewm.config import PROJECT_ROOT, load_params
 from pipelines import full
@@ -177,23 +178,6 @@ def wait_until(condition, timeout: float, what: str, process: subprocess.Popen |
             return value
         time.sleep(0.5)
     raise AssertionError(f"{what}: not ready after {timeout} s")
-
-
-@contextlib.contextmanager
-def background(args: list[str], cwd: Path, env: dict[str, str], log: Path):
-    """A subprocess for the duration of the block, then stopped (Ctrl-C, then kill) whatever happened."""
-    with log.open("w") as out:
-        process = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            yield process
-        finally:
-            process.send_signal(2)  # SIGINT: serve pauses its schedules and exits
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, background
 from test_orchestration import clean_env, free_port, wait_until
 
 from lewm.config import load_params
@@ -76,27 +75,6 @@ MLFLOW_LOCAL_STORAGE = {
 def sets(overrides: list[str]) -> list[str]:
     """`--set` options for a CLI of the project."""
     return [arg for override in overrides for arg in ("--set", override)]
-
-
-@contextlib.contextmanager
-def service(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    """`args` as a background process in its own process group for the duration of the block; then the
-    whole group (servers start workers, `serve` starts flow-run processes) is terminated, and killed if
-    still there after 30 s, whatever happened in the block. SIGTERM, not Ctrl-C: a process started in the
-    background by a non-interactive shell ignores SIGINT, and so do its children."""
-    with log.open("w") as out:
-        process = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            yield process
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=30)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group, and a stuck leader
-            process.wait(timeout=10)
 
 
 @dataclass(frozen=True)
@@ -144,7 +122,7 @@ def ui_stack(root: Path) -> Iterator[Stack]:
                   prefect_url=prefect_url)
     deployments = ["full-pipeline/nightly", *(f"bisect/weekly-{world}" for world in load_params().envs)]
     with contextlib.ExitStack() as servers:
-        prefect = servers.enter_context(service(
+        prefect = servers.enter_context(background(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
             root, stack.env, root / "prefect-server.log"))
         wait_until(lambda: healthy(f"{stack.api_url}/health"), 180, "prefect server", prefect)
@@ -158,11 +136,11 @@ def ui_stack(root: Path) -> Iterator[Stack]:
         assert result.returncode == 0, stack.log("pipeline")
         print(f"smoke pipeline (generate, manifest, train, plan) in {time.monotonic() - started:.0f} s")
 
-        mlflow = servers.enter_context(service(
+        mlflow = servers.enter_context(background(
             [str(BIN / "mlflow"), "server", "--backend-store-uri", tracking_uri, "--default-artifact-root",
              str(root / "mlartifacts"), "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"],
             root, stack.env, root / "mlflow-server.log"))
-        serve = servers.enter_context(service(
+        serve = servers.enter_context(background(
             [PYTHON, "-m", "pipelines.serve", *sets([*SMOKE, *CHEAP_SEARCH])], root, stack.env,
             root / "serve.log"))
         wait_until(lambda: healthy(f"{stack.mlflow_url}/health"), 180, "mlflow server", mlflow)
