@@ -140,6 +140,9 @@ def test_too_small_dataset_is_a_clear_error(tiny, tiny_data, tmp_path):
 def test_train_values_that_cannot_run_are_refused_by_name(override, message):
     with pytest.raises(ConfigError, match=message):
         load_params(overrides=[override])
+
+
+def test_training_with_neither_steps_nor_epochs_is_refused():
     with pytest.raises(ConfigError, match="both 0, nothing would train"):
         load_params(overrides=["train.max_steps=0", "train.epochs=0"])
 
