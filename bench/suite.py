@@ -243,8 +243,8 @@ def solve_seconds(model: torch.nn.Module, meta: ModelMeta, params: Params, itera
     plan_cfg = dataclasses.replace(params.plan, settings=cem, precision=precision)
     frames = np.random.default_rng(0).integers(0, 256, (2, meta.image_size, meta.image_size, 3), np.uint8)
     agent = LatentMPCAgent(model, meta, plan_cfg, seed=0)
-    agent.start(frames[0])
-    return median_seconds(lambda: agent.act(frames[1]), repeats)
+    agent.start({"pixels": frames[0]})
+    return median_seconds(lambda: agent.act({"pixels": frames[1]}), repeats)
 
 
 def plan_rows(params: Params, meta: ModelMeta, repeats: int) -> list[Row]:

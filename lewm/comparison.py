@@ -71,13 +71,15 @@ def smoothness_summary(per_seed: pd.DataFrame) -> pd.DataFrame:
 
 def method_table(episodes: pd.DataFrame, label: str = "method") -> pd.DataFrame:
     """One row per method × predicate of an evaluation table: success rate, Wilson interval, n, excluded,
-    the method's mean final errors and its median time per solve (NaN for the floors)."""
+    the method's goal progress (mean final errors, against the start and, where the table has the zero
+    policy, against zero's) and its median time per solve (NaN for the floors)."""
     metrics = summarize(episodes)
     predicates = [c.removeprefix("success_") for c in episodes.columns if c.startswith("success_")]
     errors = [c for c in episodes.columns if c.startswith(FINAL)]
     rows = []
     for method in episodes["method"].unique():
-        shared = {f"{error}_mean": metrics[f"{method}.{error}_mean"] for error in errors}
+        shared = {f"{error}{suffix}": metrics[f"{method}.{error}{suffix}"] for error in errors
+                  for suffix in ("_mean", "_vs_start", "_vs_zero") if f"{method}.{error}{suffix}" in metrics}
         shared["plan_time_median_s"] = metrics.get(f"{method}.plan_time_median_s", float("nan"))
         for predicate in predicates:
             key = f"{method}.{predicate}"
@@ -98,8 +100,8 @@ def time_solves(model: Any, meta: ModelMeta, plan_cfg: PlanConfig,
     times = []
     for index, (start, goal) in enumerate([frame_pairs[0], *frame_pairs]):
         agent = LatentMPCAgent(model, meta, plan_cfg, seed=index)
-        agent.start(goal)
-        agent.act(start)
+        agent.start({"pixels": goal})
+        agent.act({"pixels": start})
         if index > 0:
             times.append(agent.solve_times[-1])
     return times

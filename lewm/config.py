@@ -119,6 +119,7 @@ class EvalConfig:
     seed: int
     eval_seeds: list[int]
     gifs: int
+    baselines: list[str]  # beside the planner: `random`, `zero` (floors), `oracle` (the simulator's ceiling)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,12 @@
   the same pairs under each evaluation seed. Evaluation seeds vary only the agents' randomness (solver
   sampling, random actions): agent seed = f(base seed, eval seed, pair), so an episode's result does not
   depend on which other episodes ran, or in which order.
-- Every success predicate of the world is scored, and the world's final errors (how far from the goal an
-  episode ended) are reported beside the rates.
+- Every success predicate of the world is scored, and the world's goal errors reported beside the rates
+  as goal progress: where an episode started, came closest and ended (`start_`, `best_`, `final_`
+  columns), summarised against the start and against the zero-action policy on the same pairs, since a
+  rate means little unless the agent ends closer to the goal than standing still does.
+- Beside the floors, the simulator oracle (`oracle` in `eval.baselines`, for worlds with a `state_cost`)
+  plans with the same solver and budget on the true simulator: the protocol's ceiling.
 - `summarize` excludes, per predicate, starts that already satisfy it (reporting how many), gives a Wilson
   95% interval instead of a bare rate, the mean ± std of the per-seed rate across evaluation seeds, and
   planning time per solve (median, p90). Rates are fractions in [0, 1].
@@ -35,12 +39,20 @@ from lewm.checkpoint import ModelMeta
 from lewm.config import EvalConfig, Params, PlanConfig
 from lewm.envs import get_world
 from lewm.io import atomic_file
-from lewm.planning import BASELINES, AgentFactory, EpisodeResult, LatentMPCAgent, baseline_agents, run_episode
+from lewm.planning import (
+    ORACLE,
+    AgentFactory,
+    EpisodeResult,
+    LatentMPCAgent,
+    SimulatorOracleAgent,
+    baseline_agents,
+    run_episode,
+)
 from lewm.progress import progress_bar
 from lewm.world import World
 
 START, GOAL = "start_state_", "goal_state_"
-FINAL = "final_"
+FINAL, BEST, AT_START = "final_", "best_", "start_"  # goal-error columns of the episode table
 PAIR_COLUMNS = ("pair", "split", "episode", "start_step", "goal_step", "start_row", "goal_row")
 
 ImageDecoder = Callable[[Tensor], np.ndarray]
@@ -189,6 +201,11 @@ def summarize(df: pd.DataFrame) -> dict[str, float]:
     """Flat metrics (`<method>.<predicate>.success_rate`, `<method>.final_<error>_mean`,
     `<method>.plan_time_median_s`, ...) from the per-episode table of `evaluate`.
 
+    Goal progress, per method and goal error e (`goal_progress`): the means of `start_e`, `best_e` and
+    `final_e`; `final_e_vs_start` and `best_e_vs_start` (ratios of means: below 1 is closer than at the
+    start); `closer_fraction_e`, the fraction of episodes that ended closer than they started; and, with
+    the `zero` policy in the table, `final_e_vs_zero`, the mean final error over zero's on the same pairs.
+
     Per method × predicate, over episodes whose start did NOT already satisfy the predicate (`excluded`
     counts the others): `n`, `successes`, `success_rate`, Wilson 95% `ci_low`/`ci_high` (all evaluation
     seeds pooled, treated as independent episodes), `steps_to_success_mean` (successes only), and, with
@@ -198,19 +215,41 @@ def summarize(df: pd.DataFrame) -> dict[str, float]:
     predicates = [c.removeprefix("success_") for c in df.columns if c.startswith("success_")]
     metrics: dict[str, float] = {"pairs": int(df["pair"].nunique()),
                                  "eval_seeds": int(df["eval_seed"].nunique())}
+    zero_rows = df[df["method"] == "zero"]
     for method, rows in df.groupby("method", sort=False):
         for predicate in predicates:
             for key, value in _predicate_metrics(rows, predicate).items():
                 metrics[f"{method}.{predicate}.{key}"] = value
-        for column in (c for c in df.columns if c.startswith(FINAL)):
-            metrics[f"{method}.{column}_mean"] = float(rows[column].mean())
+        metrics.update({f"{method}.{k}": v for k, v in goal_progress(rows, zero_rows).items()})
         solve_times = _concat(rows["plan_times_s"])
         if len(solve_times):
             metrics.update({f"{method}.{k}": v for k, v in _time_metrics(solve_times).items()})
-    all_solves = _concat(df["plan_times_s"])
-    if len(all_solves):
-        metrics.update(_time_metrics(all_solves))
     return metrics
+
+
+def goal_progress(rows: pd.DataFrame, zero_rows: pd.DataFrame) -> dict[str, float]:
+    """The goal-progress metrics of one method's episodes `rows` (see `summarize`); `zero_rows` are the
+    zero-action policy's episodes (may be empty), matched to `rows` by evaluation seed and pair."""
+    metrics: dict[str, float] = {}
+    keys = ["eval_seed", "pair"]
+    for error in (c.removeprefix(FINAL) for c in rows.columns if c.startswith(FINAL)):
+        start, best, final = rows[AT_START + error], rows[BEST + error], rows[FINAL + error]
+        metrics[f"{AT_START}{error}_mean"] = float(start.mean())
+        metrics[f"{BEST}{error}_mean"] = float(best.mean())
+        metrics[f"{FINAL}{error}_mean"] = float(final.mean())
+        metrics[f"{FINAL}{error}_vs_start"] = _ratio(final.mean(), start.mean())
+        metrics[f"{BEST}{error}_vs_start"] = _ratio(best.mean(), start.mean())
+        metrics[f"closer_fraction_{error}"] = float((final < start).mean())
+        matched = rows[[*keys, FINAL + error]].merge(zero_rows[[*keys, FINAL + error]], on=keys,
+                                                     suffixes=("", "_zero"))
+        if len(matched):  # the pairs both ran
+            metrics[f"{FINAL}{error}_vs_zero"] = _ratio(matched[FINAL + error].mean(),
+                                                        matched[f"{FINAL}{error}_zero"].mean())
+    return metrics
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator > 0 else float("nan")
 
 
 def _predicate_metrics(rows: pd.DataFrame, predicate: str) -> dict[str, float]:
@@ -286,7 +325,8 @@ def evaluate(
                 if imagines:
                     agent.imagine = True
                 result = run_episode(env, agent, starts[i], goals[i], goal_pixels, eval_cfg.budget,
-                                     predicates, world.success, record_frames=record)
+                                     predicates, world.success, record_frames=record,
+                                     errors_fn=world.final_errors)
                 if record:
                     imagined = imagined_frames(result.act_steps, agent.imagined, agent.frameskip,
                                                len(result.frames), decoder) if imagines else None
@@ -294,13 +334,12 @@ def evaluate(
                                       Path(gif_dir) / f"{method}_pair{pair.pair:03d}.gif", imagined=imagined)
                 rows.append({"eval_seed": eval_seed, "pair": pair.pair, "episode": pair.episode,
                              "start_step": pair.start_step, "goal_step": pair.goal_step, "method": method,
-                             **episode_columns(result, goals[i], predicates, world.final_errors)})
+                             **episode_columns(result, predicates)})
     bar.close()
     return pd.DataFrame(rows)
 
 
-def episode_columns(result: EpisodeResult, goal_state: np.ndarray, predicates: Sequence[str],
-                    final_errors: Callable[[np.ndarray, np.ndarray], dict[str, float]]) -> dict[str, Any]:
+def episode_columns(result: EpisodeResult, predicates: Sequence[str]) -> dict[str, Any]:
     """The per-episode columns of the evaluation table for one `run_episode` result."""
     times = result.solve_times
     columns: dict[str, Any] = {
@@ -309,7 +348,9 @@ def episode_columns(result: EpisodeResult, goal_state: np.ndarray, predicates: S
         "plan_time_mean_s": float(np.mean(times)) if times else float("nan"),
         "plan_time_max_s": max(times, default=float("nan")),
         "plan_times_s": [float(t) for t in times],
-        **{FINAL + name: value for name, value in final_errors(result.final_state, goal_state).items()},
+        **{AT_START + name: float(value) for name, value in result.start_errors.items()},
+        **{BEST + name: float(value) for name, value in result.best_errors.items()},
+        **{FINAL + name: float(value) for name, value in result.final_errors.items()},
     }
     for predicate in predicates:
         first = result.first_success[predicate]
@@ -332,14 +373,14 @@ def evaluate_model(
     plan_cfg: PlanConfig,
     eval_cfg: EvalConfig,
     episodes: int | None = None,
-    baselines: Iterable[str] = BASELINES,
+    baselines: Iterable[str] | None = None,
     gif_dir: str | Path | None = None,
     env: Any = None,
     progress: bool = False,
     decoder: ImageDecoder | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Evaluate the world model + solver (method `meta.model`, e.g. `lewm`) and the baselines on the
-    manifest: `(rows, summary)`.
+    """Evaluate the world model + solver (method `meta.model`, e.g. `lewm`) and the baselines
+    (`baselines`, default `eval.baselines`: `random`, `zero`, `oracle`) on the manifest: `(rows, summary)`.
 
     `episodes` keeps the first pairs only (a uniform subset, for checkpoint selection inside a training
     loop). The model is put in eval mode for the duration and restored afterwards. `decoder` (the model's
@@ -349,10 +390,10 @@ def evaluate_model(
         raise ValueError(f"model trained on {meta.env} at {meta.image_size} px, dataset is "
                          f"{store.manifest['env']} at {store.manifest['image_size']} px")
     subset = manifest if episodes is None else manifest.iloc[:episodes]
-    agents: dict[str, AgentFactory] = {
-        meta.model: lambda seed: LatentMPCAgent(model, meta, plan_cfg, seed),
-        **baseline_agents(meta.action_dim, baselines),
-    }
+    agents: dict[str, AgentFactory] = {meta.model: lambda seed: LatentMPCAgent(model, meta, plan_cfg, seed)}
+    for name in eval_cfg.baselines if baselines is None else baselines:
+        agents[name] = oracle_factory(meta, store, plan_cfg) if name == ORACLE \
+            else baseline_agents(meta.action_dim, [name])[name]
     was_training = model.training
     model.eval()
     try:
@@ -362,6 +403,22 @@ def evaluate_model(
     finally:
         model.train(was_training)
     return rows, summarize(rows)
+
+
+def oracle_factory(meta: ModelMeta, store: Any, plan_cfg: PlanConfig) -> AgentFactory:
+    """Factory of the simulator oracle (`SimulatorOracleAgent`) in the dataset's world and env settings,
+    with the model's action statistics and frameskip; refuses a world without one before any episode."""
+    world, env_kwargs = get_world(store.manifest["env"]), store.manifest.get("env_kwargs", {})
+
+    def make(seed: int) -> SimulatorOracleAgent:
+        return SimulatorOracleAgent(world, env_kwargs, meta.action_stats, meta.action_dim, meta.frameskip,
+                                    plan_cfg, seed)
+
+    try:
+        make(0)
+    except ValueError as error:
+        raise ValueError(f"eval.baselines: {error} (remove `{ORACLE}` for this world)") from None
+    return make
 
 
 class PlanningCheck:

@@ -7,8 +7,11 @@
   rollout's context then grows with predicted latents up to the model's `history`.
 - `RandomAgent`, `ZeroAgent`: uniform actions in [−1, 1] and the zero action: the floors every planner
   must beat on the same start/goal pairs (`baseline_agents`).
-- `run_episode`: the MPC loop shared by every agent. Each executed raw action is clipped to [−1, 1] and
-  every success predicate is checked after every env step (and at the start state).
+- `SimulatorOracleAgent`: the same solver and MPC loop with the true simulator as the model and a cost from
+  states (the world's `state_cost`): the ceiling of the protocol, which separates it from the world model.
+- `run_episode`: the MPC loop shared by every agent. Each executed raw action is clipped to [−1, 1];
+  every success predicate is checked, and the world's goal errors measured, after every env step (and at
+  the start state), so an episode reports how far from the goal it started, came closest and ended.
 - With `imagine` set (the evaluation sets it for the episodes it draws as GIFs), `LatentMPCAgent` also keeps
   what each chosen plan imagines: the current frame's latent followed by the model's own `rollout` of the
   whole plan from it (`imagined`), computed after the solve, outside its timing; display only.
@@ -34,12 +37,14 @@ from torch import Tensor
 
 from lewm.checkpoint import ModelMeta
 from lewm.config import PlanConfig
+from lewm.data.clips import ActionStats
 from lewm.parts import SOLVERS, part_module
 from lewm.runtime import autocast, resolve_precision
 from lewm.solvers import Solver
-from lewm.world import SuccessFn
+from lewm.world import Observation, SuccessFn, World
 
 BASELINES = ("random", "zero")
+ORACLE = "oracle"
 
 
 def make_solver(cfg: PlanConfig, block_dim: int, seed: int, device: str | torch.device = "cpu") -> Solver:
@@ -52,13 +57,14 @@ def make_solver(cfg: PlanConfig, block_dim: int, seed: int, device: str | torch.
 
 
 class Agent(Protocol):
-    """What `run_episode` drives: told the goal once, then asked for the next raw actions."""
+    """What `run_episode` drives: told the goal once, then asked for the next raw actions. Observations are
+    the env's (`pixels` (H, W, 3) uint8, `state`, `proprio`); a world model agent reads only the pixels."""
 
-    def start(self, goal_pixels: np.ndarray) -> None:
-        """Begin an episode towards the goal image `goal_pixels` (H, W, 3) uint8."""
+    def start(self, goal: Observation) -> None:
+        """Begin an episode towards the goal observation."""
 
-    def act(self, pixels: np.ndarray) -> np.ndarray:
-        """Raw actions `(n ≥ 1, A)` to execute from the current frame `pixels` (H, W, 3) uint8."""
+    def act(self, obs: Observation) -> np.ndarray:
+        """Raw actions `(n ≥ 1, A)` to execute from the current observation."""
 
     @property
     def solve_times(self) -> list[float]:
@@ -83,17 +89,17 @@ class LatentMPCAgent:
         self.imagine = False  # keep what every chosen plan imagines (`imagined`), for display
         self.imagined: list[Tensor] = []
 
-    def start(self, goal_pixels: np.ndarray) -> None:
+    def start(self, goal: Observation) -> None:
         self.solver.reset()
         self.solve_times = []
         self.imagined = []
-        self.z_goal = self._encode(goal_pixels)
+        self.z_goal = self._encode(goal["pixels"])
 
-    def act(self, pixels: np.ndarray) -> np.ndarray:
+    def act(self, obs: Observation) -> np.ndarray:
         if self.z_goal is None:
-            raise RuntimeError("LatentMPCAgent.act called before start(goal_pixels)")
+            raise RuntimeError("LatentMPCAgent.act called before start(goal)")
         started = time.perf_counter()
-        z_now, z_goal = self._encode(pixels), self.z_goal
+        z_now, z_goal = self._encode(obs["pixels"]), self.z_goal
         if self.solver.differentiable:  # autograd on; the solver takes gradients w.r.t. its candidates only
             grad_mode = contextlib.nullcontext()
             z_now, z_goal = z_now.clone(), z_goal.clone()  # inference tensors cannot be saved for backward
@@ -105,8 +111,7 @@ class LatentMPCAgent:
         self.solve_times.append(time.perf_counter() - started)
         if self.imagine:
             self.imagined.append(self._imagine(z_now.detach(), result.plan.detach()))
-        raw = self.action_stats.denormalize(blocks.double().numpy())
-        return raw.reshape(-1, self.action_dim)
+        return raw_actions(blocks, self.action_stats, self.action_dim)
 
     def _imagine(self, z_now: Tensor, plan: Tensor) -> Tensor:
         """What the chosen `plan` (H, block_dim) imagines from the current latent `z_now` (1, *latent): that
@@ -126,6 +131,57 @@ class LatentMPCAgent:
             return self.model.encode(frame).float()
 
 
+def raw_actions(blocks: Tensor, action_stats: ActionStats, action_dim: int) -> np.ndarray:
+    """Normalised action blocks `(..., n, frameskip·A)` → raw actions `(..., n·frameskip, A)` (float64)."""
+    raw = action_stats.denormalize(blocks.detach().cpu().double().numpy())
+    return raw.reshape(*raw.shape[:-2], -1, action_dim)
+
+
+class SimulatorOracleAgent:
+    """The planning protocol's ceiling: `LatentMPCAgent`'s solver, horizon and receding horizon with the
+    true simulator as the world model. A candidate's blocks are de-normalised (the train statistics, as the
+    model's), clipped to [−1, 1] and rolled out render-free from the TRUE current state (the env's
+    `simulate`); its cost is the world's `state_cost` of the state reached against the goal state. It reads
+    states, which no world model sees: a gap to it is the world model's, not the protocol's."""
+
+    def __init__(self, world: World, env_kwargs: dict[str, Any], action_stats: ActionStats, action_dim: int,
+                 frameskip: int, plan_cfg: PlanConfig, seed: int) -> None:
+        if world.state_cost is None:
+            raise ValueError(f"world {world.name} defines no state_cost: it has no simulator oracle")
+        self.simulator = world.make_env(**env_kwargs).unwrapped
+        if not hasattr(self.simulator, "simulate"):
+            raise ValueError(f"world {world.name}: its env has no render-free `simulate` for the oracle")
+        self.solver = make_solver(plan_cfg, frameskip * action_dim, seed)
+        if self.solver.differentiable:
+            raise ValueError(f"plan.solver={plan_cfg.solver} needs gradients of the cost; the simulator "
+                             "oracle has none (use a sampling solver)")
+        self.state_cost, self.action_stats, self.action_dim = world.state_cost, action_stats, action_dim
+        self.receding = plan_cfg.receding
+        self.goal_state: np.ndarray | None = None
+        self.solve_times: list[float] = []
+
+    def start(self, goal: Observation) -> None:
+        self.solver.reset()
+        self.solve_times = []
+        self.goal_state = np.asarray(goal["state"], dtype=np.float64)
+
+    def act(self, obs: Observation) -> np.ndarray:
+        if self.goal_state is None:
+            raise RuntimeError("SimulatorOracleAgent.act called before start(goal)")
+        started = time.perf_counter()
+        state, goal_state = np.asarray(obs["state"], dtype=np.float64), self.goal_state
+
+        def cost(candidates: Tensor) -> Tensor:
+            sequences = np.clip(raw_actions(candidates, self.action_stats, self.action_dim), -1.0, 1.0)
+            reached = np.stack([self.simulator.simulate(state, actions) for actions in sequences])
+            return torch.as_tensor(self.state_cost(reached, goal_state), dtype=torch.float32)
+
+        with torch.inference_mode():
+            result = self.solver.solve(cost)
+        self.solve_times.append(time.perf_counter() - started)
+        return raw_actions(result.plan[: self.receding], self.action_stats, self.action_dim)
+
+
 class RandomAgent:
     """Uniform random actions in [−1, 1]^A, one step per call (floor baseline)."""
 
@@ -134,10 +190,10 @@ class RandomAgent:
         self.rng = np.random.default_rng(seed)
         self.solve_times: list[float] = []
 
-    def start(self, goal_pixels: np.ndarray) -> None:
+    def start(self, goal: Observation) -> None:
         """The goal is ignored."""
 
-    def act(self, pixels: np.ndarray) -> np.ndarray:
+    def act(self, obs: Observation) -> np.ndarray:
         return self.rng.uniform(-1.0, 1.0, size=(1, self.action_dim))
 
 
@@ -149,12 +205,15 @@ class ZeroAgent:
         self.action_dim = action_dim
         self.solve_times: list[float] = []
 
-    def start(self, goal_pixels: np.ndarray) -> None:
+    def start(self, goal: Observation) -> None:
         """The goal is ignored."""
 
-    def act(self, pixels: np.ndarray) -> np.ndarray:
+    def act(self, obs: Observation) -> np.ndarray:
         return np.zeros((1, self.action_dim))
 
+
+ErrorsFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
+"""A world's `final_errors(state, goal_state)`: named distances to the goal (lower is closer)."""
 
 AgentFactory = Callable[[int], Agent]
 """Builds a fresh agent for one episode from that episode's seed."""
@@ -168,7 +227,7 @@ def baseline_agents(action_dim: int, names: Iterable[str] = BASELINES) -> dict[s
     }
     unknown = [n for n in names if n not in factories]
     if unknown:
-        raise ValueError(f"unknown baselines {unknown} (known: {', '.join(factories)})")
+        raise ValueError(f"unknown baselines {unknown} (known: {', '.join([*factories, ORACLE])})")
     return {name: factories[name] for name in names}
 
 
@@ -183,6 +242,9 @@ class EpisodeResult:
     first_success: dict[str, int | None]  # env steps until the predicate first held (0: at the start)
     final_state: np.ndarray
     solve_times: list[float] = field(default_factory=list)
+    start_errors: dict[str, float] = field(default_factory=dict)  # the world's goal errors at the start,
+    best_errors: dict[str, float] = field(default_factory=dict)  # their minimum over the episode's states,
+    final_errors: dict[str, float] = field(default_factory=dict)  # and at the end (each error separately)
     frames: list[np.ndarray] | None = None  # observed frames (start included) when recorded
     act_steps: list[int] | None = None  # when recorded: the env step of every `agent.act` call
 
@@ -203,9 +265,11 @@ def run_episode(
     predicates: Sequence[str],
     success_fn: SuccessFn,
     record_frames: bool = False,
+    errors_fn: ErrorsFn | None = None,
 ) -> EpisodeResult:
     """Drive `agent` from `start_state` towards `goal_state` for at most `budget` env steps, checking the
-    world's `success_fn` for each predicate.
+    world's `success_fn` for each predicate and measuring its goal errors `errors_fn` (the world's
+    `final_errors`) at every state: the result's start, best (each error's minimum) and final errors.
 
     Stops early once every predicate has held at least once (see the module docstring for why this leaves
     each predicate's result unchanged).
@@ -214,7 +278,9 @@ def run_episode(
         raise ValueError("run_episode needs at least one success predicate")
     env.set_goal_state(np.asarray(goal_state))  # before set_state, so the first frame shows any goal overlay
     obs = env.set_state(np.asarray(start_state))
-    agent.start(goal_pixels)
+    agent.start({"pixels": goal_pixels, "state": np.asarray(goal_state)})
+    start_errors = errors_fn(obs["state"], goal_state) if errors_fn is not None else {}
+    best_errors = dict(start_errors)
     first_success: dict[str, int | None] = dict.fromkeys(predicates)
     frames = [obs["pixels"]] if record_frames else None
     act_steps: list[int] | None = [] if record_frames else None
@@ -223,17 +289,21 @@ def run_episode(
     while not done and steps < budget:
         if act_steps is not None:
             act_steps.append(steps)
-        actions = np.atleast_2d(np.asarray(agent.act(obs["pixels"]), dtype=np.float32))
+        actions = np.atleast_2d(np.asarray(agent.act(obs), dtype=np.float32))
         for action in np.clip(actions, -1.0, 1.0)[: budget - steps]:
             obs = env.step(action)[0]
             steps += 1
             if frames is not None:
                 frames.append(obs["pixels"])
+            if errors_fn is not None:
+                for name, error in errors_fn(obs["state"], goal_state).items():
+                    best_errors[name] = min(best_errors[name], error)
             done = _note_successes(first_success, success_fn, obs["state"], goal_state, steps)
             if done:
                 break
-    return EpisodeResult(steps, first_success, np.asarray(obs["state"]), list(agent.solve_times), frames,
-                         act_steps)
+    final_errors = errors_fn(obs["state"], goal_state) if errors_fn is not None else {}
+    return EpisodeResult(steps, first_success, np.asarray(obs["state"]), list(agent.solve_times),
+                         start_errors, best_errors, final_errors, frames, act_steps)
 
 
 def _note_successes(first_success: dict[str, int | None], success_fn: SuccessFn, state: np.ndarray,

@@ -10,7 +10,9 @@ of the code reads instead of knowing about any particular environment.
 - probe targets: the physical quantities probes read from the state;
 - VoE perturbations: events injected at one frame of a replayed trajectory;
 - bodies: the agent and the objects it moves, as pose columns of the state with the world's extent, and
-  what the env's `n_contacts` counts: what a dataset card (`lewm inspect`, lewm/data/card.py) reports.
+  what the env's `n_contacts` counts: what a dataset card (`lewm inspect`, lewm/data/card.py) reports;
+- optionally, a state cost for the simulator oracle: planning with the true simulator instead of a world
+  model, the ceiling of the planning protocol.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import numpy as np
 Observation = dict[str, np.ndarray]
 SuccessFn = Callable[[np.ndarray, np.ndarray, str], Any]
 """`success(state, goal_state, predicate)`: bool (or a bool array, vectorised over leading axes)."""
+StateCost = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""`cost(states (N, S), goal_state (S,))` → (N,) costs of states against a goal (lower is closer)."""
 
 
 class CollectionPolicy(Protocol):
@@ -232,6 +236,10 @@ class World:
     probe_targets: tuple[Quantity, ...]
     perturbations: Mapping[str, Perturbation]
     bodies: tuple[Body, ...] = ()  # the agent and the objects it moves: what a dataset card covers
+    # The simulator oracle's cost (lewm.planning.SimulatorOracleAgent): (states (N, S), goal (S,)) → (N,),
+    # the headline predicate's errors in units of its tolerances (1 at the tolerance); None: no oracle. The
+    # env then needs `simulate(state, actions) → state`, a render-free rollout of raw actions.
+    state_cost: StateCost | None = None
     contacts: str = "contact points during the step"  # what the env's info["n_contacts"] counts
 
     def __post_init__(self) -> None:

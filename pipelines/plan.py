@@ -69,7 +69,9 @@ def solver_settings(plan_cfg: PlanConfig) -> dict[str, float]:
 
 
 def describe(summary: dict[str, float]) -> str:
-    """One line per method × predicate in `summary`: success rate, Wilson interval, excluded starts."""
+    """One line per method × predicate in `summary` (success rate, Wilson interval, excluded starts), one
+    per method × goal error (start → best → final mean, final against zero's), one per planner's solve
+    time."""
     lines = []
     for key in (k.removesuffix(".success_rate") for k in summary if k.endswith(".success_rate")):
         lines.append(
@@ -77,8 +79,15 @@ def describe(summary: dict[str, float]) -> str:
             f"[{100 * summary[f'{key}.ci_low']:.1f}, {100 * summary[f'{key}.ci_high']:.1f}] "
             f"(n={summary[f'{key}.n']:.0f}, excluded {summary[f'{key}.excluded']:.0f})"
         )
-    lines.append(f"plan time per solve: median {summary['plan_time_median_s']:.2f} s, "
-                 f"p90 {summary['plan_time_p90_s']:.2f} s")
+    for key in (k.removesuffix("_vs_start") for k in summary if k.endswith("_vs_start") and ".final_" in k):
+        method, error = key.split(".final_")
+        vs_zero = summary.get(f"{key}_vs_zero", float("nan"))
+        lines.append(f"{method} {error}: start {summary[f'{method}.start_{error}_mean']:.3g} → best "
+                     f"{summary[f'{method}.best_{error}_mean']:.3g} → final {summary[f'{key}_mean']:.3g} "
+                     f"({summary[f'{key}_vs_start']:.2f}× start, {vs_zero:.2f}× zero)")
+    for key in (k.removesuffix(".plan_time_median_s") for k in summary if k.endswith(".plan_time_median_s")):
+        lines.append(f"{key} time per solve: median {summary[f'{key}.plan_time_median_s']:.2f} s, "
+                     f"p90 {summary[f'{key}.plan_time_p90_s']:.2f} s")
     return "\n".join(lines)
 
 

@@ -49,7 +49,7 @@ def episodes_table() -> pd.DataFrame:
             rows.append({"eval_seed": 0, "pair": pair, "method": method, "success_ok": success,
                          "steps_to_success_ok": 3.0 if success else float("nan"),
                          "start_satisfied_ok": pair == 0 and method == "a",
-                         "final_error": 1.0 if success else 5.0,
+                         "final_error": 1.0 if success else 5.0, "start_error": 4.0, "best_error": 1.0,
                          "plan_times_s": [0.5, 1.5] if method == "a" else []})
     return pd.DataFrame(rows)
 
@@ -62,6 +62,8 @@ def test_method_table_has_one_row_per_method_and_predicate():
     assert table.loc["a", "ci_low"] < 2 / 3 < table.loc["a", "ci_high"]
     assert table.loc["a", "plan_time_median_s"] == 1.0 and math.isnan(table.loc["b", "plan_time_median_s"])
     assert table.loc["b", "final_error_mean"] == pytest.approx(4.0)
+    assert table.loc["a", "final_error_vs_start"] == pytest.approx(2.0 / 4.0)
+    assert "final_error_vs_zero" not in table  # no zero-action policy in the table
 
 
 def test_flat_metrics_name_every_headline_number():

@@ -304,7 +304,8 @@ def test_decoded_gifs_leave_planning_unchanged(tiny_run, tmp_path):
     for path in sorted((tmp_path / "decoded").glob("*.gif")):
         with Image.open(path) as gif:
             widths[path.stem.split("_")[0]] = gif.size[0] // 4
-    assert widths == {"lewm": 32 * 3 + 4, "random": 32 * 2 + 2, "zero": 32 * 2 + 2}  # panels + separators
+    # panels + separators: only the world model imagines
+    assert widths == {"lewm": 32 * 3 + 4, "random": 32 * 2 + 2, "zero": 32 * 2 + 2, "oracle": 32 * 2 + 2}
 
 
 def test_voe_plot_shows_the_decoded_prediction_and_leaves_surprise_unchanged(tiny_run, tmp_path):

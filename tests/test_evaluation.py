@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,8 @@ from lewm.evaluation import (
     check_manifest,
     evaluate,
     evaluate_model,
+    goal_progress,
+    oracle_factory,
     read_manifest,
     summarize,
     wilson_interval,
@@ -33,7 +36,7 @@ from lewm.evaluation import (
     write_manifest,
 )
 from lewm.models.lewm import LeWM
-from lewm.planning import ZeroAgent
+from lewm.planning import ZeroAgent, run_episode
 
 # ---------------------------------------------------------------------------------------------- manifest
 
@@ -150,7 +153,8 @@ def tiny_table() -> pd.DataFrame:
             rows.append({"eval_seed": seed, "pair": pair, "method": "m", "success_p": ok,
                          "steps_to_success_p": np.nan if steps is None else float(steps),
                          "start_satisfied_p": steps == 0, "final_block_pos_error": float(pair),
-                         "final_block_angle_error": 0.1, "plan_times_s": [0.1 * (pair + 1)] * 2})
+                         "start_block_pos_error": 4.0, "best_block_pos_error": pair / 2,
+                         "plan_times_s": [0.1 * (pair + 1)] * 2})
     rows.append({**rows[0], "method": "zero", "plan_times_s": []})
     return pd.DataFrame(rows)
 
@@ -165,17 +169,39 @@ def test_summarize_excludes_satisfied_starts_and_checks_by_hand() -> None:
     assert metrics["m.p.seed_mean"] == pytest.approx(0.5)
     assert metrics["m.p.seed_std"] == pytest.approx(np.std([2 / 3, 1 / 3], ddof=1))
     assert metrics["m.final_block_pos_error_mean"] == pytest.approx(1.5)
+    assert metrics["m.best_block_pos_error_mean"] == pytest.approx(0.75)
+    assert metrics["m.final_block_pos_error_vs_start"] == pytest.approx(1.5 / 4)
+    assert metrics["m.best_block_pos_error_vs_start"] == pytest.approx(0.75 / 4)
+    assert metrics["m.closer_fraction_block_pos_error"] == 1.0
+    # zero ran (seed 0, pair 0) only, where both ended at 0: the ratio over the pairs both ran is undefined
+    assert math.isnan(metrics["m.final_block_pos_error_vs_zero"])
     solves = np.repeat([0.1, 0.2, 0.3, 0.4], 4)  # 2 solves per episode, 2 seeds
     assert metrics["m.plan_time_median_s"] == pytest.approx(np.median(solves))
     assert metrics["m.plan_time_p90_s"] == pytest.approx(0.4)
-    assert metrics["m.num_solves"] == 16 and metrics["num_solves"] == 16
-    assert metrics["plan_time_median_s"] == metrics["m.plan_time_median_s"]
+    assert metrics["m.num_solves"] == 16 and "plan_time_median_s" not in metrics  # per method only
     assert "zero.plan_time_median_s" not in metrics
     # the only `zero` episode started satisfied: nothing left to rate
     assert metrics["zero.p.n"] == 0 and math.isnan(metrics["zero.p.success_rate"])
     assert metrics["pairs"] == 4 and metrics["eval_seeds"] == 2
     one_seed = summarize(tiny_table().query("eval_seed == 0"))
     assert one_seed["m.p.success_rate"] == 2 / 3 and "m.p.seed_std" not in one_seed
+
+
+def test_goal_progress_compares_final_errors_with_the_start_and_with_zero_on_the_same_pairs() -> None:
+    def episode(method: str, pair: int, start: float, best: float, final: float) -> dict:
+        return {"eval_seed": 0, "pair": pair, "method": method, "start_e": start, "best_e": best,
+                "final_e": final}
+
+    planner = pd.DataFrame([episode("m", 0, 10, 2, 4), episode("m", 1, 20, 20, 30),
+                            episode("m", 2, 30, 5, 5)])
+    zero = pd.DataFrame([episode("zero", p, s, s, s) for p, s in ((0, 10), (1, 20), (2, 30), (3, 99))])
+    progress = goal_progress(planner, zero)
+    assert progress["start_e_mean"] == 20 and progress["best_e_mean"] == 9 and progress["final_e_mean"] == 13
+    assert progress["final_e_vs_start"] == pytest.approx(13 / 20)
+    assert progress["best_e_vs_start"] == pytest.approx(9 / 20)
+    assert progress["closer_fraction_e"] == pytest.approx(2 / 3)
+    assert progress["final_e_vs_zero"] == pytest.approx(13 / 20)  # pair 3 did not run for m: left out
+    assert "final_e_vs_zero" not in goal_progress(planner, zero.iloc[:0])
 
 
 # ------------------------------------------------------------------------------------ end to end, Push-T
@@ -236,22 +262,50 @@ def test_evaluate_model_scores_lewm_and_baselines_on_the_same_pairs(pusht_store,
     model.train()
     rows, summary = evaluate_model(model, meta, manifest, pusht_store, PLAN, EVAL, gif_dir=tmp_path)
     assert model.training  # restored
-    assert len(rows) == 2 * 3 * 3 and set(rows["method"]) == {"lewm", "random", "zero"}
+    assert len(rows) == 2 * 3 * 4 and set(rows["method"]) == {"lewm", "random", "zero", "oracle"}
     for _, group in rows.groupby(["eval_seed", "method"]):
         assert list(group["pair"]) == [0, 1, 2]
     # start flags describe the pair, not the method
     assert rows.groupby("pair")["start_satisfied_block"].nunique().eq(1).all()
     lewm = rows[rows["method"] == "lewm"]
-    assert (lewm["num_solves"] >= 1).all() and (rows.loc[rows["method"] != "lewm", "num_solves"] == 0).all()
+    planners = rows["method"].isin(["lewm", "oracle"])
+    assert (rows.loc[planners, "num_solves"] >= 1).all() and (rows.loc[~planners, "num_solves"] == 0).all()
     assert (rows["steps"] <= EVAL.budget).all() and (rows["final_block_angle_error"] >= 0).all()
     for key in ("lewm.reference.success_rate", "lewm.block.ci_low", "random.block.success_rate",
-                "zero.reference.excluded", "plan_time_median_s", "lewm.plan_time_p90_s"):
+                "zero.reference.excluded", "oracle.plan_time_median_s", "lewm.plan_time_p90_s",
+                "lewm.final_block_pos_error_vs_zero", "oracle.best_block_angle_error_vs_start"):
         assert key in summary
     assert sorted(p.name for p in tmp_path.glob("*.gif")) == [
-        "lewm_pair000.gif", "random_pair000.gif", "zero_pair000.gif"]
+        "lewm_pair000.gif", "oracle_pair000.gif", "random_pair000.gif", "zero_pair000.gif"]
     # a subset (as a training loop would use) reproduces the same episodes: seeds are per episode
     subset, _ = evaluate_model(model, meta, manifest, pusht_store, PLAN, EVAL, episodes=2, baselines=())
     pd.testing.assert_frame_equal(without_timing(subset), without_timing(lewm[lewm["pair"] < 2]))
+
+
+def test_the_simulator_oracle_plans_on_the_true_simulator_and_is_refused_where_there_is_none(
+        pusht_store) -> None:
+    """Move the agent 60 px with the block still (the reference predicate): the oracle, planning on the
+    simulator with CEM, gets there; standing still does not. A world without a state cost, or a solver
+    that needs gradients, is refused by name before any episode."""
+    start = np.array([150.0, 150.0, 300.0, 300.0, 0.5, 0.0, 0.0])
+    goal = start + np.array([60.0, 0, 0, 0, 0, 0, 0])
+    _, meta = tiny_model_and_meta(pusht_store)
+    plan = dataclasses.replace(PLAN, settings=dataclasses.replace(PLAN.settings, samples=64, elites=8,
+                                                                 iterations=3))
+    oracle = oracle_factory(meta, pusht_store, plan)(0)
+    env, world = make_env("pusht", image_size=IMAGE), get_world("pusht")
+    goal_pixels = np.zeros((IMAGE, IMAGE, 3), np.uint8)  # the oracle reads the goal state only
+    reached = run_episode(env, oracle, start, goal, goal_pixels, 20, world.predicates, world.success,
+                          errors_fn=world.final_errors)
+    stayed = run_episode(env, ZeroAgent(2), start, goal, goal_pixels, 20, world.predicates, world.success,
+                         errors_fn=world.final_errors)
+    assert reached.success("reference") and not stayed.success("reference")
+    assert len(oracle.solve_times) >= 1
+    tworoom_store = SimpleNamespace(manifest={"env": "tworoom", "env_kwargs": {"image_size": IMAGE}})
+    with pytest.raises(ValueError, match=r"eval\.baselines: world tworoom defines no state_cost"):
+        oracle_factory(meta, tworoom_store, plan)
+    with pytest.raises(ValueError, match="needs gradients"):
+        oracle_factory(meta, pusht_store, load_params(overrides=["plan.solver=gradient"]).plan)
 
 
 def without_timing(rows: pd.DataFrame) -> pd.DataFrame:

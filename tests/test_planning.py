@@ -389,7 +389,7 @@ def test_mpc_plans_with_a_patch_token_model() -> None:
     env, start, goal = PointEnv(), np.array([20.0, 20.0]), np.array([42.0, 31.0])
     agent = LatentMPCAgent(PatchPointModel(), META, SMALL, seed=0)
     with pytest.raises(RuntimeError, match="before start"):
-        agent.act(np.zeros((4, 4, 3), np.uint8))
+        agent.act({"pixels": np.zeros((4, 4, 3), np.uint8)})
     goal_pixels = PointEnv().set_state(goal)["pixels"]
     result = run_episode(env, agent, start, goal, goal_pixels, budget=40, predicates=PREDICATES,
                          success_fn=success)
@@ -403,19 +403,19 @@ def test_baseline_agents_are_the_random_and_zero_floors() -> None:
     assert tuple(agents) == BASELINES == ("random", "zero")
     random_agent, zero = agents["random"](3), agents["zero"](3)
     assert isinstance(random_agent, RandomAgent) and isinstance(zero, ZeroAgent)
-    np.testing.assert_array_equal(random_agent.act(None), RandomAgent(2, seed=3).act(None))
-    np.testing.assert_array_equal(zero.act(None), np.zeros((1, 2)))
+    np.testing.assert_array_equal(random_agent.act({}), RandomAgent(2, seed=3).act({}))
+    np.testing.assert_array_equal(zero.act({}), np.zeros((1, 2)))
     assert random_agent.solve_times == [] and zero.solve_times == []
     assert list(baseline_agents(2, ["zero"])) == ["zero"]
     with pytest.raises(ValueError, match="unknown baselines"):
-        baseline_agents(2, ["zero", "oracle"])
+        baseline_agents(2, ["zero", "best"])
 
 
 def test_random_policy_is_uniform_in_the_action_box_and_seeded() -> None:
     first, again = RandomAgent(2, seed=3), RandomAgent(2, seed=3)
-    actions = np.concatenate([first.act(None) for _ in range(500)])
+    actions = np.concatenate([first.act({}) for _ in range(500)])
     assert actions.shape == (500, 2) and np.abs(actions).max() <= 1 and np.abs(actions.mean(0)).max() < 0.1
-    assert np.array_equal(actions[:1], again.act(None))
+    assert np.array_equal(actions[:1], again.act({}))
 
 
 # ------------------------------------------------------------------------------------------------- Push-T

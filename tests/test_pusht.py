@@ -291,3 +291,27 @@ def test_contact_friction_drags_the_block_sideways(monkeypatch):
     monkeypatch.setattr(pusht, "FRICTION", 0.0)
     without_friction = sideways_motion()
     assert with_friction > without_friction + 10.0
+
+
+def test_simulate_reaches_the_state_stepping_reaches_without_rendering():
+    """The oracle's render-free rollout is the env's physics: the same final state as `set_state` and
+    `step`, rendering left out (a pushing sequence, so contacts are included)."""
+    env = make_env("pusht", image_size=16)
+    start = np.array([200.0, 120.0, 256.0, 256.0, 0.3, 0.0, 0.0])
+    actions = np.tile([[0.2, 0.6]], (15, 1))
+    env.set_state(start)
+    for action in actions:
+        stepped = env.step(action)[0]["state"]
+    simulator = make_env("pusht", image_size=16)
+    reached = simulator.simulate(start, actions)
+    np.testing.assert_allclose(reached, stepped, atol=1e-9)
+    assert np.linalg.norm(reached[2:4] - start[2:4]) > 5  # the block was pushed
+
+
+def test_state_cost_is_the_reference_predicate_in_units_of_its_tolerances():
+    cost = get_world("pusht").state_cost
+    goal = np.array([100.0, 100.0, 300.0, 300.0, 1.0, 0.0, 0.0])
+    offsets = np.array([[0, 0, 0, 0, 0, 0, 0], [20, 0, 0, 0, 0, 5, 5], [0, 0, 0, 0, math.pi / 9, 0, 0]])
+    np.testing.assert_allclose(cost(goal + offsets, goal), [0.0, 1.0, 1.0])
+    inside = goal + np.array([10, 0, 0, 0, 0.1, 0, 0])
+    assert get_world("pusht").success(inside, goal, "reference") and cost(inside[None], goal)[0] < 2

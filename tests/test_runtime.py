@@ -36,6 +36,8 @@ def test_auto_precision_follows_native_bf16_support(monkeypatch: pytest.MonkeyPa
     assert not native_bf16(CPU)
     assert resolve_precision(CPU, "auto") == "fp32"  # emulated bf16 would be slower than fp32
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert resolve_precision(CPU, "auto") == "fp32"  # AVX512-BF16 without AMX measured no faster
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert resolve_precision(CPU, "auto") == "bf16"
 
 
@@ -83,8 +85,8 @@ def test_planning_costs_stay_fp32_under_bf16_autocast(tiny_model: list[str]) -> 
     frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     for precision in ("fp32", "bf16"):
         agent = LatentMPCAgent(model, meta, dataclasses.replace(params.plan, precision=precision), seed=0)
-        agent.start(frames[0])
-        actions = agent.act(frames[1])
+        agent.start({"pixels": frames[0]})
+        actions = agent.act({"pixels": frames[1]})
         assert actions.shape == (params.plan.receding * 5, 2) and np.isfinite(actions).all()
 
 

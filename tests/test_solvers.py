@@ -299,8 +299,8 @@ def test_the_agent_runs_sampling_solvers_in_inference_mode_and_the_gradient_one_
 
     agent.solver.solve = recording_solve
     frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    agent.start(frames[0])
-    actions = agent.act(frames[1])
+    agent.start({"pixels": frames[0]})
+    actions = agent.act({"pixels": frames[1]})
     assert actions.shape == (5, 2) and np.isfinite(actions).all()
     assert modes and all(mode == (name != "gradient") for mode in modes)
     assert all(p.grad is None for p in tiny_lewm.parameters())

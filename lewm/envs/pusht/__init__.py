@@ -6,7 +6,16 @@ from __future__ import annotations
 import numpy as np
 
 from lewm.envs.pusht import env
-from lewm.envs.pusht.env import PREDICATES, WALL_INNER_HIGH, WALL_INNER_LOW, PushTEnv, block_errors, success
+from lewm.envs.pusht.env import (
+    PREDICATES,
+    SUCCESS_ANGLE,
+    SUCCESS_DISTANCE,
+    WALL_INNER_HIGH,
+    WALL_INNER_LOW,
+    PushTEnv,
+    block_errors,
+    success,
+)
 from lewm.envs.pusht.expert import PushTExpert, PushTRandomPolicy
 from lewm.world import TELEPORT, Body, World, color_change, physical_quantities, quantities_by_name
 
@@ -15,6 +24,15 @@ def final_errors(state: np.ndarray, goal_state: np.ndarray) -> dict[str, float]:
     """How far the block ended from its goal: position (px) and |angle| (rad)."""
     position_error, angle_error = block_errors(state, goal_state)
     return {"block_pos_error": float(position_error), "block_angle_error": float(abs(angle_error))}
+
+
+def state_cost(states: np.ndarray, goal_state: np.ndarray) -> np.ndarray:
+    """The `reference` predicate's two errors in units of its tolerances, squared and summed: the joint
+    agent + block position distance over 20 px and the block angle error over π/9 (1 + 1 at the border)."""
+    states = np.asarray(states, dtype=np.float64)
+    distance = np.linalg.norm(states[:, :4] - np.asarray(goal_state, dtype=np.float64)[:4], axis=-1)
+    _, angle_error = block_errors(states, goal_state)
+    return (distance / SUCCESS_DISTANCE) ** 2 + (angle_error / SUCCESS_ANGLE) ** 2
 
 
 _QUANTITIES = quantities_by_name(physical_quantities(PushTEnv.state_names))
@@ -38,6 +56,7 @@ WORLD = World(
         Body("block", "object", _QUANTITIES["block_xy"], _TABLE, angles=(_QUANTITIES["block_angle"],)),
     ),
     contacts="agent–block contact points over the step's physics substeps (pymunk)",
+    state_cost=state_cost,
 )
 
 __all__ = ["WORLD", "PushTEnv", "PushTExpert", "PushTRandomPolicy", "env"]

@@ -186,6 +186,40 @@ class PushTEnv(gymnasium.Env):
     def _count_contacts(self, arbiter: pymunk.Arbiter, space: pymunk.Space, data: Any) -> None:
         self._contacts += len(arbiter.contact_point_set.points)
 
+    def _advance(self, action: np.ndarray) -> None:
+        """One env step's physics: PD control of the agent toward `agent_pos + 100·a` over the substeps."""
+        ax, ay = np.clip(np.asarray(action, dtype=np.float64).reshape(self.action_dim), -1.0, 1.0).tolist()
+        agent = self._agent
+        target_x, target_y = agent.position.x + ACTION_SCALE * ax, agent.position.y + ACTION_SCALE * ay
+        self._contacts = 0
+        for _ in range(SUBSTEPS):  # PD control on the velocity (plain floats: Vec2d arithmetic is slow)
+            (x, y), (vx, vy) = agent.position, agent.velocity
+            agent.velocity = (vx + (KP * (target_x - x) - KV * vx) * DT,
+                              vy + (KP * (target_y - y) - KV * vy) * DT)
+            self._space.step(DT)
+
+    def _place(self, state: np.ndarray) -> None:
+        """Teleport the physics to `state` (7,); see `set_state`."""
+        state = np.asarray(state, dtype=np.float64)
+        if state.shape != (len(self.state_names),):
+            raise ValueError(f"Push-T state must have shape (7,), got {state.shape}")
+        self._build_space()
+        agent, block = self._agent, self._block
+        agent.position = tuple(state[0:2])
+        block.angle = float(state[4])
+        block.position = tuple(state[2:4])
+        self._space.step(DT)
+        agent.velocity = tuple(state[5:7])
+
+    def simulate(self, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The state (7,) reached from `state` after the raw actions `(T, 2)`, without rendering: what the
+        simulator oracle plans with (~40 µs per step instead of ~110 µs rendered). Moves this env's physics
+        (the oracle keeps an env of its own); the step counter and goal are untouched."""
+        self._place(state)
+        for action in actions:
+            self._advance(action)
+        return self._state()
+
     def _state(self) -> np.ndarray:
         agent, block = self._agent, self._block
         return np.array([agent.position.x, agent.position.y, block.position.x, block.position.y,
@@ -226,15 +260,7 @@ class PushTEnv(gymnasium.Env):
         return observation, self._info(observation["state"], contacts=0)
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        ax, ay = np.clip(np.asarray(action, dtype=np.float64).reshape(self.action_dim), -1.0, 1.0).tolist()
-        agent = self._agent
-        target_x, target_y = agent.position.x + ACTION_SCALE * ax, agent.position.y + ACTION_SCALE * ay
-        self._contacts = 0
-        for _ in range(SUBSTEPS):  # PD control on the velocity (plain floats: Vec2d arithmetic is slow)
-            (x, y), (vx, vy) = agent.position, agent.velocity
-            agent.velocity = (vx + (KP * (target_x - x) - KV * vx) * DT,
-                              vy + (KP * (target_y - y) - KV * vy) * DT)
-            self._space.step(DT)
+        self._advance(action)
         self._steps += 1
         observation = self._observation()
         state, info = observation["state"], self._info(observation["state"], self._contacts)
@@ -262,16 +288,7 @@ class PushTEnv(gymnasium.Env):
         origin). One 0.01 s physics step then settles the scene (it pushes apart an overlap, if any);
         unlike the reference, the agent is held still during it, so a consistent state reads back exactly.
         """
-        state = np.asarray(state, dtype=np.float64)
-        if state.shape != (len(self.state_names),):
-            raise ValueError(f"Push-T state must have shape (7,), got {state.shape}")
-        self._build_space()
-        agent, block = self._agent, self._block
-        agent.position = tuple(state[0:2])
-        block.angle = float(state[4])
-        block.position = tuple(state[2:4])
-        self._space.step(DT)
-        agent.velocity = tuple(state[5:7])
+        self._place(state)
         return self._observation()
 
     def set_goal_state(self, goal_state: np.ndarray) -> None:
