@@ -1,5 +1,6 @@
 """Cube world: determinism, observation layout, state round-trips, predicates and yaw symmetry, grasping,
-the expert, rendering (colour change), workspace clipping, bad input and the world spec."""
+the expert, rendering (colour change), workspace clipping, bad input, the world spec and the simulator
+oracle (render-free rollouts, state cost)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from lewm.config import PlanConfig
+from lewm.data.clips import ActionStats
 from lewm.envs import get_world, make_env
 from lewm.envs.cube import WORLD, CubeEnv, scene
 from lewm.envs.cube import env as cube
 from lewm.envs.cube.env import PREDICATES, cube_errors, cube_yaw, fold_yaw, success, yaw_quaternion
 from lewm.envs.cube.expert import CubeExpert
+from lewm.planning import SimulatorOracleAgent, ZeroAgent, run_episode
+from lewm.solvers import cem
 from lewm.world import TELEPORT, UniformPolicy
 
 
@@ -462,3 +467,72 @@ def test_perturbations_recolour_the_cube_and_teleport_the_scene(env):
     env.step(np.ones(5))
     obs = TELEPORT.after_step(env, destination)
     np.testing.assert_array_equal(obs["state"], destination)
+
+
+# ------------------------------------------------------------------------------------- simulator oracle
+
+
+def test_simulate_reaches_the_state_stepping_reaches_without_rendering(monkeypatch):
+    """The oracle's render-free rollout is the env's physics: the same final state as `set_state` and
+    `step`, rendering left out (down to the cube, a grasp, then a lift turning the hand: contacts
+    included)."""
+    start = make_state()  # the open hand 13 cm above the cube
+    actions = np.array([[0.0, 0.0, -1.0, 0.0, 0.0]] * 3 + [[0.0, 0.0, 0.0, 0.0, 1.0]] * 4
+                       + [[0.3, 0.0, 1.0, 0.3, 1.0]] * 3)
+    environment = CubeEnv(image_size=16)
+    environment.set_state(start)
+    contacts = 0
+    for action in actions:
+        obs, _, _, _, info = environment.step(action)
+        contacts += info["n_contacts"]
+    environment.close()
+    stepped = obs["state"]
+    assert contacts > 0 and stepped[cube.CUBE][2] > 0.1  # grasped and lifted
+    simulator = CubeEnv(image_size=16)
+    goal = make_state(block=(0.5, 0.1, 0.02))
+    simulator.set_goal_state(goal)
+    monkeypatch.setattr(simulator, "render", lambda: pytest.fail("simulate rendered a frame"))
+    reached = simulator.simulate(start, actions)
+    simulator.close()
+    np.testing.assert_array_equal(reached, stepped)
+    np.testing.assert_array_equal(simulator.goal_state, goal)
+
+
+def test_state_cost_is_the_reference_predicate_in_units_of_its_tolerance():
+    """(cube position error / 0.04 m)²: 1 at the border in any direction; the hand and the cube's yaw do
+    not count."""
+    cost = WORLD.state_cost
+    goal = make_state(block=(0.4, 0.1, 0.02))
+    states = np.stack([goal, make_state(block=(0.44, 0.1, 0.02)), make_state(block=(0.4, 0.1 - 0.024, 0.052)),
+                       make_state(hand=(0.3, 0.2, 0.1), hand_yaw=1.0, fingers=0.02, block=(0.4, 0.1, 0.02),
+                                  block_yaw=0.3),
+                       make_state(block=(0.48, 0.1, 0.02))])
+    np.testing.assert_allclose(cost(states, goal), [0.0, 1.0, 1.0, 0.0, 4.0], atol=1e-12)
+    around = np.repeat(goal[None], 500, axis=0)
+    around[:, cube.CUBE] += np.random.default_rng(0).normal(0.0, 0.03, (500, 3))
+    np.testing.assert_array_equal(cost(around, goal) <= 1, success(around, goal, WORLD.headline))
+
+
+# The open hand at table height just beside the cube (its pad 3 mm from the cube's −y face): pushing along
+# +y moves the cube.
+BESIDE = make_state(hand=(0.425, -0.075, 0.02))
+
+
+def test_the_simulator_oracle_reaches_a_goal_that_standing_still_does_not():
+    """The cube 6 cm along +y from where the hand stands beside it: the oracle (CEM on the true simulator,
+    tiny settings) pushes it within 4 cm in a few steps; the zero action leaves it where it is."""
+    plan = PlanConfig("cem", horizon=1, receding=1, seed=0, precision="fp32",
+                      settings=cem.Config(samples=64, elites=8, iterations=3, init_std=1.0, warm_start=True))
+    oracle = SimulatorOracleAgent(WORLD, {"image_size": 16}, ActionStats(mean=np.zeros(5), std=np.ones(5)),
+                                  5, 5, plan, seed=0)
+    goal = BESIDE.copy()
+    goal[cube.CUBE] += [0.0, 0.06, 0.0]
+    environment = CubeEnv(image_size=16)
+    goal_pixels = np.zeros((16, 16, 3), np.uint8)  # the oracle reads the goal state only
+    try:
+        reached, stayed = (run_episode(environment, agent, BESIDE, goal, goal_pixels, 15, WORLD.predicates,
+                                       WORLD.success) for agent in (oracle, ZeroAgent(5)))
+    finally:
+        environment.close()
+        oracle.simulator.close()
+    assert reached.success(WORLD.headline) and not stayed.success(WORLD.headline)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -16,6 +15,7 @@ import torch
 from PIL import Image
 from scipy.optimize import brentq
 
+from lewm import evaluation
 from lewm.checkpoint import ModelMeta, model_meta
 from lewm.config import EvalConfig, PlanConfig, load_params
 from lewm.data.clips import ActionStats
@@ -283,7 +283,7 @@ def test_evaluate_model_scores_lewm_and_baselines_on_the_same_pairs(pusht_store,
 
 
 def test_the_simulator_oracle_plans_on_the_true_simulator_and_is_refused_where_there_is_none(
-        pusht_store) -> None:
+        pusht_store, monkeypatch: pytest.MonkeyPatch) -> None:
     """Move the agent 60 px with the block still (the reference predicate): the oracle, planning on the
     simulator with CEM, gets there; standing still does not. A world without a state cost, or a solver
     that needs gradients, is refused by name before any episode."""
@@ -301,11 +301,12 @@ def test_the_simulator_oracle_plans_on_the_true_simulator_and_is_refused_where_t
                          errors_fn=world.final_errors)
     assert reached.success("reference") and not stayed.success("reference")
     assert len(oracle.solve_times) >= 1
-    tworoom_store = SimpleNamespace(manifest={"env": "tworoom", "env_kwargs": {"image_size": IMAGE}})
-    with pytest.raises(ValueError, match=r"eval\.baselines: world tworoom defines no state_cost"):
-        oracle_factory(meta, tworoom_store, plan)
     with pytest.raises(ValueError, match="needs gradients"):
         oracle_factory(meta, pusht_store, load_params(overrides=["plan.solver=gradient"]).plan)
+    without_cost = dataclasses.replace(world, state_cost=None)
+    monkeypatch.setattr(evaluation, "get_world", lambda name: without_cost)
+    with pytest.raises(ValueError, match=r"eval\.baselines: world pusht defines no state_cost"):
+        oracle_factory(meta, pusht_store, plan)
 
 
 def without_timing(rows: pd.DataFrame) -> pd.DataFrame:

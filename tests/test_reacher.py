@@ -1,5 +1,5 @@
-"""Reacher world: scene facts, determinism, state round-trips, success predicates, rendering, policies and
-the World spec."""
+"""Reacher world: scene facts, determinism, state round-trips, success predicates, rendering, policies, the
+World spec and the simulator oracle (render-free rollouts, state cost)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from lewm.config import PlanConfig
+from lewm.data.clips import ActionStats
 from lewm.envs import get_world, make_env
 from lewm.envs.reacher import WORLD, final_errors
 from lewm.envs.reacher import env as reacher
@@ -23,6 +25,8 @@ from lewm.envs.reacher.env import (
     wrap_angle,
 )
 from lewm.envs.reacher.expert import ReacherExpert
+from lewm.planning import SimulatorOracleAgent, ZeroAgent, run_episode
+from lewm.solvers import cem
 from lewm.world import TELEPORT, PerturbationContext, UniformPolicy, teleport_destination
 
 mujoco = reacher.mujoco  # imported by env.py once lewm.envs had chosen the headless GL backend
@@ -514,3 +518,52 @@ def test_teleport_moves_the_arm_to_a_reset_state(make):
     obs = TELEPORT.after_step(env, destination)
     np.testing.assert_array_equal(obs["state"], destination)
     np.testing.assert_array_equal(obs["pixels"], make().set_state(destination)["pixels"])
+
+
+# ------------------------------------------------------------------------------------- simulator oracle
+
+
+def test_simulate_reaches_the_state_stepping_reaches_without_rendering(make, monkeypatch):
+    """The oracle's render-free rollout is the env's physics: the same final state as `set_state` and
+    `step`, rendering left out (full torque: the shoulder wraps past π, the wrist runs into its limit)."""
+    start, actions = np.array([2.8, 2.0, 0.0, 0.0]), np.ones((12, 2))
+    env = make(image_size=16)
+    env.set_state(start)
+    stepped = np.stack([env.step(action)[0]["state"] for action in actions])
+    assert (np.diff(stepped[:, 0]) < -math.pi).any() and stepped[:, 1].max() > reacher.WRIST_LIMIT
+    simulator = make(image_size=16)
+    simulator.set_goal_state(GOAL)
+    monkeypatch.setattr(simulator, "render", lambda: pytest.fail("simulate rendered a frame"))
+    np.testing.assert_array_equal(simulator.simulate(start, actions), stepped[-1])
+    np.testing.assert_array_equal(simulator.goal_state, GOAL)
+
+
+def test_state_cost_is_the_reference_predicate_in_units_of_its_tolerance():
+    """Each joint's wrapped angle error over 0.05 rad, squared and summed: 1 at the border of one joint, 2
+    at both; velocities do not count."""
+    cost = WORLD.state_cost
+    offsets = np.array([[0.0, 0.0, 0.0, 0.0], [0.05, 0.0, 3.0, -3.0], [0.0, -0.05, 0.0, 0.0],
+                        [0.05, 0.05, 0.0, 0.0]])
+    np.testing.assert_allclose(cost(GOAL + offsets, GOAL), [0.0, 1.0, 1.0, 2.0], atol=1e-12)
+    across = np.array([math.pi - 0.02, 0.0, 0.0, 0.0])  # 0.05 rad from it across the wrap
+    np.testing.assert_allclose(cost(np.array([[-math.pi + 0.03, 0.0, 0.0, 0.0]]), across), [1.0])
+    states = GOAL + np.random.default_rng(0).normal(0.0, 0.04, (500, 4))
+    costs, reached = cost(states, GOAL), success(states, GOAL, WORLD.headline)
+    assert reached[costs < 1].all() and (costs[reached] < 2).all()
+
+
+def test_the_simulator_oracle_reaches_a_goal_that_standing_still_does_not(make):
+    """Both joints 0.3 rad away: the oracle (CEM on the true simulator, tiny settings) gets both within
+    0.05 rad in a few steps; the zero action leaves the arm at rest."""
+    plan = PlanConfig("cem", horizon=1, receding=1, seed=0, precision="fp32",
+                      settings=cem.Config(samples=128, elites=8, iterations=4, init_std=1.0, warm_start=True))
+    oracle = SimulatorOracleAgent(WORLD, {"image_size": 16}, ActionStats(mean=np.zeros(2), std=np.ones(2)),
+                                  2, 5, plan, seed=0)
+    start, goal = np.zeros(4), np.array([0.3, -0.3, 0.0, 0.0])
+    goal_pixels = np.zeros((16, 16, 3), np.uint8)  # the oracle reads the goal state only
+    try:
+        reached, stayed = (run_episode(make(image_size=16), agent, start, goal, goal_pixels, 20,
+                                       WORLD.predicates, WORLD.success) for agent in (oracle, ZeroAgent(2)))
+    finally:
+        oracle.simulator.close()
+    assert reached.success(WORLD.headline) and not stayed.success(WORLD.headline)

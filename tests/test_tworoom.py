@@ -1,5 +1,5 @@
 """Two-Room world: determinism, observations, the wall and the door, state round-trips, success predicates,
-rendering, the expert and the world spec."""
+rendering, the expert, the world spec and the simulator oracle (render-free rollouts, state cost)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from lewm.config import load_params
+from lewm.config import PlanConfig, load_params
+from lewm.data.clips import ActionStats
 from lewm.envs import get_world, make_env
 from lewm.envs.tworoom import TwoRoomEnv, TwoRoomExpert
 from lewm.envs.tworoom import env as tworoom
 from lewm.envs.tworoom.env import PREDICATES, crosses_wall, random_free_position, success
+from lewm.planning import SimulatorOracleAgent, ZeroAgent, run_episode
+from lewm.solvers import cem
 from lewm.world import TELEPORT, PerturbationContext, UniformPolicy, teleport_destination
 
 WORLD = get_world("tworoom")
@@ -499,3 +502,49 @@ def test_teleport_puts_the_agent_at_a_reset_drawn_position():
     obs = TELEPORT.after_step(env, destination)
     np.testing.assert_array_equal(obs["state"], destination)
     np.testing.assert_array_equal(obs["pixels"], make_env("tworoom").set_state(destination)["pixels"])
+
+
+# ------------------------------------------------------------------------------------- simulator oracle
+
+
+def test_simulate_reaches_the_state_stepping_reaches_without_rendering(monkeypatch):
+    """The oracle's render-free rollout is the env's dynamics: the same final state as `set_state` and
+    `step`, rendering left out (into the wall, up along it and through the door: wall hits included)."""
+    actions = np.array([[1.0, 0.0]] * 12 + [[0.2, -1.0]] * 20 + [[1.0, 0.0]] * 8)
+    env = make_env("tworoom", image_size=16)
+    env.set_state(LEFT)
+    hits = 0
+    for action in actions:
+        obs, _, _, _, info = env.step(action)
+        hits += info["n_contacts"]
+    assert hits > 0 and obs["state"][0] > tworoom.BAND_HIGH  # the wall stopped it, the door let it through
+    simulator = make_env("tworoom", image_size=16)
+    simulator.set_goal_state(RIGHT)
+    monkeypatch.setattr(simulator, "render", lambda: pytest.fail("simulate rendered a frame"))
+    np.testing.assert_array_equal(simulator.simulate(LEFT, actions), obs["state"])
+    np.testing.assert_array_equal(simulator.goal_state, RIGHT)
+
+
+def test_state_cost_is_the_reference_predicate_in_units_of_its_tolerance():
+    cost = WORLD.state_cost
+    goal = np.array([100.0, 150.0])
+    offsets = np.array([[0.0, 0.0], [16.0, 0.0], [0.0, -16.0], [9.6, 12.8], [32.0, 0.0]])
+    np.testing.assert_allclose(cost(goal + offsets, goal), [0.0, 1.0, 1.0, 1.0, 4.0])
+    states = goal + np.random.default_rng(0).normal(0.0, 12.0, (500, 2))
+    np.testing.assert_array_equal(cost(states, goal) < 1, success(states, goal, WORLD.headline))
+
+
+def test_the_simulator_oracle_reaches_a_goal_that_standing_still_does_not():
+    """36 px away in the same room: the oracle (CEM on the true dynamics, tiny settings) gets within 16 px
+    in a few steps; the zero action stays put."""
+    plan = PlanConfig("cem", horizon=2, receding=1, seed=0, precision="fp32",
+                      settings=cem.Config(samples=64, elites=8, iterations=3, init_std=1.0, warm_start=True))
+    stats = ActionStats(mean=np.zeros(2), std=np.ones(2))
+    oracle = SimulatorOracleAgent(WORLD, {"image_size": 16}, stats, 2, 5, plan, seed=0)
+    env = make_env("tworoom", image_size=16)
+    start, goal = LEFT, shifted(LEFT, 30.0, -20.0)
+    goal_pixels = np.zeros((16, 16, 3), np.uint8)  # the oracle reads the goal state only
+    reached, stayed = (run_episode(env, agent, start, goal, goal_pixels, 20, WORLD.predicates, WORLD.success)
+                       for agent in (oracle, ZeroAgent(2)))
+    assert reached.success(WORLD.headline) and not stayed.success(WORLD.headline)
+    assert len(oracle.solve_times) >= 1

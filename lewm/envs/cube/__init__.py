@@ -1,12 +1,21 @@
 """The Cube world (single-cube pick and place, after OGBench's `cube-single`): the scene (scene.py), the
-env (env.py), its data-collection policies (expert.py) and the spec the rest of the code reads (`WORLD`)."""
+env (env.py), its data-collection policies (expert.py), the simulator oracle's state cost and the spec the
+rest of the code reads (`WORLD`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from lewm.envs.cube import env
-from lewm.envs.cube.env import PREDICATES, WORKSPACE_HIGH, WORKSPACE_LOW, CubeEnv, cube_errors, success
+from lewm.envs.cube.env import (
+    PREDICATES,
+    SUCCESS_DISTANCE,
+    WORKSPACE_HIGH,
+    WORKSPACE_LOW,
+    CubeEnv,
+    cube_errors,
+    success,
+)
 from lewm.envs.cube.expert import CubeExpert
 from lewm.world import (
     TELEPORT,
@@ -24,6 +33,13 @@ def final_errors(state: np.ndarray, goal_state: np.ndarray) -> dict[str, float]:
     """How far the cube ended from its goal: position (m) and |yaw| modulo a quarter turn (rad)."""
     position_error, yaw_error = cube_errors(state, goal_state)
     return {"cube_pos_error": float(position_error), "cube_yaw_error": float(yaw_error)}
+
+
+def state_cost(states: np.ndarray, goal_state: np.ndarray) -> np.ndarray:
+    """The `reference` predicate's error in units of its tolerance, squared: (cube position error /
+    0.04 m)² (1 at the border; the hand and the cube's yaw do not count)."""
+    position_error, _ = cube_errors(states, goal_state)
+    return (position_error / SUCCESS_DISTANCE) ** 2
 
 
 PROBED = ("hand_xyz", "hand_yaw_angle", "finger_left", "cube_xyz", "cube_yaw_angle", "hand_velocity",
@@ -67,6 +83,7 @@ WORLD = World(
         Body("cube", "object", _QUANTITIES["cube_xyz"], _WORKSPACE, angles=(_QUANTITIES["cube_yaw_angle"],)),
     ),
     contacts="gripper–cube contact points (pads, palm or wrist) over the step's 25 physics steps",
+    state_cost=state_cost,
 )
 
 __all__ = ["WORLD", "CubeEnv", "CubeExpert", "env"]

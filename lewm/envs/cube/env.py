@@ -22,7 +22,8 @@ State (26), in this order:
   finger_right_rate (m/s), cube_vx, cube_vy, cube_vz (m/s, world frame), cube_spin_x, cube_spin_y,
   cube_spin_z (rad/s, the cube's own frame: MuJoCo's free-joint velocity).
 This is the whole physical state (MuJoCo's qpos and qvel), so `set_state` restores the scene exactly.
-The proprioception is the hand's own columns (positions and velocities, 12).
+The proprioception is the hand's own columns (positions and velocities, 12). `simulate(state, actions)`
+rolls the same physics out from a state without rendering (what the simulator oracle plans with).
 """
 
 from __future__ import annotations
@@ -178,6 +179,40 @@ class CubeEnv(gymnasium.Env):
         mujoco.mj_forward(self.model, self.data)
 
     # ---------------------------------------------------------------- physics
+    def _advance(self, action: np.ndarray) -> int:
+        """One env step's physics: the hand's servo targets moved from the measured pose (qpos) to the
+        action's target along `_RAMP` and the gripper's closure command set, over the 25 physics steps;
+        returns the gripper–cube contact points summed over them. The kinematics (body poses) are left one
+        physics step behind: each `mj_step` recomputes them from qpos first, so only a frame needs an
+        `mj_forward` after it."""
+        delta = np.clip(action, -1.0, 1.0) * ACTION_SCALE
+        qpos = self.data.qpos
+        start = qpos[:FINGER_LEFT].copy()  # the measured hand pose: pinch xyz and yaw
+        target = np.append(np.clip(start[:3] + delta[:3], WORKSPACE_LOW, WORKSPACE_HIGH),
+                           np.clip(start[3] + delta[3], -YAW_LIMIT, YAW_LIMIT))
+        closure = np.clip(qpos[FINGER_LEFT] / scene.FINGER_TRAVEL, 0.0, 1.0)
+        self.data.ctrl[4] = scene.FINGER_TRAVEL * np.clip(closure + delta[4], 0.0, 1.0)
+        contacts = 0
+        for fraction in _RAMP:
+            self.data.ctrl[:4] = start + fraction * (target - start)
+            mujoco.mj_step(self.model, self.data)
+            contacts += int(self.data.sensordata[self._grip_sensor])
+        return contacts
+
+    def _place(self, state: np.ndarray) -> None:
+        """Put the simulation in `state` (26,); see `set_state`."""
+        state = self._check_state(state, "state")
+        quaternion = state[CUBE_QUAT]
+        norm = float(np.linalg.norm(quaternion))
+        if norm < 1e-9:
+            raise ValueError(f"the cube quaternion must be non-zero, got {quaternion}")
+        mujoco.mj_resetData(self.model, self.data)
+        self.data.qpos[:] = state[:_NQ]
+        if abs(norm - 1.0) > 1e-12:
+            self.data.qpos[CUBE_QUAT] = quaternion / norm
+        self.data.qvel[:] = state[VELOCITIES]
+        mujoco.mj_forward(self.model, self.data)
+
     def _state(self) -> np.ndarray:
         qpos, qvel = self.data.qpos, self.data.qvel
         return np.concatenate([qpos, [cube_yaw(qpos[CUBE_QUAT])], qvel])
@@ -217,24 +252,24 @@ class CubeEnv(gymnasium.Env):
         observation = self.set_state(state)
         return observation, self._info(observation["state"], contacts=0)
 
+    def simulate(self, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The state (26,) reached from `state` after the raw actions `(T, 5)`, without rendering: what the
+        simulator oracle plans with. Moves this env's simulation (the oracle keeps an env of its own); the
+        step counter and goal are untouched. The kinematics are computed once, at the end: the physics
+        reads only qpos and qvel, so the states equal `step`'s."""
+        self._place(state)
+        for action in actions:
+            self._advance(action)
+        mujoco.mj_forward(self.model, self.data)
+        return self._state()
+
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (self.action_dim,) or not np.isfinite(action).all():
             raise ValueError(f"Cube action must be 5 finite numbers, got {action!r}")
-        delta = np.clip(action, -1.0, 1.0) * ACTION_SCALE
-        qpos = self.data.qpos
-        start = qpos[:FINGER_LEFT].copy()  # the measured hand pose: pinch xyz and yaw
-        target = np.append(np.clip(start[:3] + delta[:3], WORKSPACE_LOW, WORKSPACE_HIGH),
-                           np.clip(start[3] + delta[3], -YAW_LIMIT, YAW_LIMIT))
-        closure = np.clip(qpos[FINGER_LEFT] / scene.FINGER_TRAVEL, 0.0, 1.0)
-        self.data.ctrl[4] = scene.FINGER_TRAVEL * np.clip(closure + delta[4], 0.0, 1.0)
-        contacts = 0
-        for fraction in _RAMP:
-            self.data.ctrl[:4] = start + fraction * (target - start)
-            mujoco.mj_step(self.model, self.data)
-            contacts += int(self.data.sensordata[self._grip_sensor])
+        contacts = self._advance(action)
         # mj_step leaves positions-dependent quantities (body poses, contacts) one physics step behind
-        # qpos; recomputing them makes the frame and the next action's reference match the state.
+        # qpos; recomputing them makes the frame match the state.
         mujoco.mj_forward(self.model, self.data)
         self._steps += 1
         observation = self._observation()
@@ -271,17 +306,7 @@ class CubeEnv(gymnasium.Env):
         [0, 0.04] m): they are taken as they are, and the limits push a position outside back as the
         physics steps.
         """
-        state = self._check_state(state, "state")
-        quaternion = state[CUBE_QUAT]
-        norm = float(np.linalg.norm(quaternion))
-        if norm < 1e-9:
-            raise ValueError(f"the cube quaternion must be non-zero, got {quaternion}")
-        mujoco.mj_resetData(self.model, self.data)
-        self.data.qpos[:] = state[:_NQ]
-        if abs(norm - 1.0) > 1e-12:
-            self.data.qpos[CUBE_QUAT] = quaternion / norm
-        self.data.qvel[:] = state[VELOCITIES]
-        mujoco.mj_forward(self.model, self.data)
+        self._place(state)
         return self._observation()
 
     def set_goal_state(self, goal_state: np.ndarray) -> None:

@@ -1,12 +1,19 @@
-"""The Reacher world: the env (env.py), its data-collection policies (expert.py) and the spec the rest of
-the code reads (`WORLD`)."""
+"""The Reacher world: the env (env.py), its data-collection policies (expert.py), the simulator oracle's
+state cost and the spec the rest of the code reads (`WORLD`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from lewm.envs.reacher import env
-from lewm.envs.reacher.env import PREDICATES, ReacherEnv, joint_errors, success
+from lewm.envs.reacher.env import (
+    PREDICATES,
+    SUCCESS_ANGLE,
+    ReacherEnv,
+    angle_difference,
+    joint_errors,
+    success,
+)
 from lewm.envs.reacher.expert import ReacherExpert
 from lewm.world import (
     TELEPORT,
@@ -26,6 +33,14 @@ def final_errors(state: np.ndarray, goal_state: np.ndarray) -> dict[str, float]:
     return {"joint_error": float(angle_error), "fingertip_error": float(fingertip_error)}
 
 
+def state_cost(states: np.ndarray, goal_state: np.ndarray) -> np.ndarray:
+    """The `reference` predicate's errors in units of its tolerance, squared and summed: each joint's
+    wrapped angle error over 0.05 rad (1 per joint at the border; velocities do not count)."""
+    states, goal_state = np.asarray(states, dtype=np.float64), np.asarray(goal_state, dtype=np.float64)
+    angle_errors = angle_difference(states[:, 0:2], goal_state[0:2])
+    return ((angle_errors / SUCCESS_ANGLE) ** 2).sum(axis=-1)
+
+
 _QUANTITIES = quantities_by_name(physical_quantities(ReacherEnv.state_names))
 
 WORLD = World(
@@ -43,6 +58,7 @@ WORLD = World(
     perturbations={"color": color_change("set_arm_color"), "teleport": TELEPORT},
     bodies=(Body("arm", "agent", angles=(_QUANTITIES["shoulder_angle"], _QUANTITIES["wrist_angle"])),),
     contacts="nothing: contacts are disabled in the simulation, so it is always 0 (there is no object)",
+    state_cost=state_cost,
 )
 
 __all__ = ["WORLD", "ReacherEnv", "ReacherExpert", "env"]

@@ -20,7 +20,8 @@ Deliberate differences from the reference:
   physical), so the state read out equals the simulated one and `set_state(obs["state"])` restores it.
 
 State (4): shoulder and wrist angles (rad, in [−π, π)), shoulder and wrist angular velocities (rad/s);
-the proprioception is the same four numbers.
+the proprioception is the same four numbers. `simulate(state, actions)` rolls the same physics out from a
+state without rendering (what the simulator oracle plans with).
 """
 
 from __future__ import annotations
@@ -192,6 +193,23 @@ class ReacherEnv(gymnasium.Env):
         mujoco.mj_forward(self._model, self._data)
 
     # ---------------------------------------------------------------- physics
+    def _advance(self, action: np.ndarray) -> None:
+        """One env step's physics: the torques `clip(a, −1, 1)` held for `ACTION_REPEAT` physics steps, the
+        shoulder then wrapped to [−π, π). The kinematics (body poses) are left one physics step behind:
+        each `mj_step` recomputes them from qpos first, so only a frame needs an `mj_forward` after it."""
+        self._data.ctrl[:] = np.clip(action, -1.0, 1.0)
+        for _ in range(ACTION_REPEAT):
+            mujoco.mj_step(self._model, self._data)
+        self._data.qpos[0] = wrap_angle(self._data.qpos[0])
+
+    def _place(self, state: np.ndarray) -> None:
+        """Teleport the simulation to `state` (4,); see `set_state`."""
+        state = self._checked_state(state, "state")
+        mujoco.mj_resetData(self._model, self._data)
+        self._data.qpos[:] = wrap_angle(state[0]), state[1]
+        self._data.qvel[:] = state[2:4]
+        mujoco.mj_forward(self._model, self._data)
+
     def _state(self) -> np.ndarray:
         """qpos and qvel as they are: the shoulder is kept in [−π, π) by `step` and `set_state`, and the
         wrist's limit keeps it well inside."""
@@ -222,14 +240,22 @@ class ReacherEnv(gymnasium.Env):
         observation = self.set_state(state)
         return observation, self._info(observation["state"])
 
+    def simulate(self, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The state (4,) reached from `state` after the raw actions `(T, 2)`, without rendering: what the
+        simulator oracle plans with. Moves this env's simulation (the oracle keeps an env of its own); the
+        step counter and goal are untouched. The kinematics are computed once, at the end: the physics
+        reads only qpos and qvel, so the states equal `step`'s."""
+        self._place(state)
+        for action in actions:
+            self._advance(action)
+        mujoco.mj_forward(self._model, self._data)
+        return self._state()
+
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (self.action_dim,) or not np.isfinite(action).all():
             raise ValueError(f"Reacher action must be 2 finite numbers, got {action!r}")
-        self._data.ctrl[:] = np.clip(action, -1.0, 1.0)
-        for _ in range(ACTION_REPEAT):
-            mujoco.mj_step(self._model, self._data)
-        self._data.qpos[0] = wrap_angle(self._data.qpos[0])
+        self._advance(action)
         mujoco.mj_forward(self._model, self._data)  # mj_step leaves the kinematics one step behind qpos
         self._steps += 1
         observation = self._observation()
@@ -265,11 +291,7 @@ class ReacherEnv(gymnasium.Env):
         a state whose angles lie there reads back exactly. The wrist may lie past its ±160° limit (the
         limit is soft: the arm itself overshoots it by up to ~9° at full speed), not past ±π.
         """
-        state = self._checked_state(state, "state")
-        mujoco.mj_resetData(self._model, self._data)
-        self._data.qpos[:] = wrap_angle(state[0]), state[1]
-        self._data.qvel[:] = state[2:4]
-        mujoco.mj_forward(self._model, self._data)
+        self._place(state)
         return self._observation()
 
     def set_goal_state(self, goal_state: np.ndarray) -> None:

@@ -24,7 +24,8 @@ Deliberate differences from the reference:
   anti-aliased by averaging sub-pixel samples (at 224 px it equals the reference's pixel for pixel).
 
 State (2): agent x, y. Observations also hold `target` (2,): where the data-collection expert heads (the
-goal once one is set, else a point drawn at reset).
+goal once one is set, else a point drawn at reset). `simulate(state, actions)` rolls the same dynamics out
+from a state without rendering (what the simulator oracle plans with).
 """
 
 from __future__ import annotations
@@ -182,6 +183,27 @@ class TwoRoomEnv(gymnasium.Env):
         return observation, self._info(contacts=0)
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        contacts = self._advance(action)
+        self._steps += 1
+        observation = self._observation()
+        info = self._info(contacts=contacts)
+        truncated = self._steps >= self.max_steps
+        return observation, self._reward(), info["success"], truncated, info
+
+    def simulate(self, state: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The state (2,) reached from `state` after the raw actions `(T, 2)`, without rendering: what the
+        simulator oracle plans with. Moves this env's agent (the oracle keeps an env of its own); the step
+        counter and goal are untouched."""
+        self._place(state)
+        for action in actions:
+            self._advance(action)
+        return self._agent.copy()
+
+    # ---------------------------------------------------------------- dynamics
+    def _advance(self, action: np.ndarray) -> int:
+        """One env step's move of the agent by `SPEED · clip(a, −1, 1)`, clamped inside the border and
+        stopped at the wall band outside the doorway (see the module docstring); returns the step's wall
+        hits: 1 when the border or the wall cut the move short, else 0."""
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (self.action_dim,):
             raise ValueError(f"Two-Room action must have shape (2,), got {action.shape}")
@@ -196,11 +218,11 @@ class TwoRoomEnv(gymnasium.Env):
             elif x0 >= WALL_X and x < BAND_HIGH:
                 x = BAND_HIGH + WALL_PUSHBACK
         self._agent = np.array([x, y])
-        self._steps += 1
-        observation = self._observation()
-        info = self._info(contacts=int(x != wanted_x or y != wanted_y))
-        truncated = self._steps >= self.max_steps
-        return observation, self._reward(), info["success"], truncated, info
+        return int(x != wanted_x or y != wanted_y)
+
+    def _place(self, state: np.ndarray) -> None:
+        """Put the agent at `state` (2,) as given; see `set_state`."""
+        self._agent = self._checked_position(state, "state")
 
     def _observation(self) -> dict[str, np.ndarray]:
         return {"pixels": self.render(), "state": self._agent.copy(), "proprio": self._agent.copy(),
@@ -218,7 +240,7 @@ class TwoRoomEnv(gymnasium.Env):
     def set_state(self, state: np.ndarray) -> dict[str, np.ndarray]:
         """Put the agent at `state` (2,) (also mid-episode) and return the observation there; the position
         is taken as given (no clamping), so it reads back exactly."""
-        self._agent = self._checked_position(state, "state")
+        self._place(state)
         return self._observation()
 
     def set_goal_state(self, goal_state: np.ndarray) -> None:
