@@ -135,6 +135,16 @@ class ProbeConfig:
 
 
 @dataclass(frozen=True)
+class ImagineConfig:
+    """Open-loop imagination and cost fidelity on test episodes (lewm/imagination.py); the horizon is
+    `plan.horizon`, the probes use `probe.max_frames` and `probe.ridge_alpha`."""
+
+    starts: int  # test frames the rollouts start from (evenly subsampled)
+    random_pairs: int  # random frame pairs for the latent-vs-true distance correlation
+    seed: int
+
+
+@dataclass(frozen=True)
 class VoEConfig:
     """Violation-of-expectation trajectories: unperturbed, colour change, teleport (reference §10)."""
 
@@ -215,6 +225,7 @@ class Params:
     plan: PlanConfig
     eval: EvalConfig
     probe: ProbeConfig
+    imagine: ImagineConfig
     voe: VoEConfig
     decoder: DecoderConfig
     bisect: BisectConfig
@@ -399,6 +410,8 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
     if train.max_steps == 0 and train.epochs == 0:
         raise ConfigError("train.max_steps and train.epochs: both 0, nothing would train")
     decoder = build_section(DecoderConfig, merged.get("decoder"), "decoder")
+    imagine = build_section(ImagineConfig, merged.get("imagine"), "imagine")
+    check_minimums(imagine, "imagine", {"starts": 2, "random_pairs": 2})
     check_minimums(decoder, "decoder", {"steps": 1, "batch_size": 1, "width": 1, "max_frames": 1, "lr": 0,
                                         "l1_weight": 0}, strict=("lr",))
     return Params(
@@ -411,6 +424,7 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         plan=plan,
         eval=build_section(EvalConfig, merged.get("eval"), "eval"),
         probe=build_section(ProbeConfig, merged.get("probe"), "probe"),
+        imagine=imagine,
         voe=build_section(VoEConfig, merged.get("voe"), "voe"),
         decoder=decoder,
         bisect=build_section(BisectConfig, merged.get("bisect"), "bisect"),

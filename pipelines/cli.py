@@ -35,6 +35,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "decode": ("pipelines.decode", "pixel decoder on frozen embeddings: what the model imagines"),
     "plan": ("pipelines.plan", "planning success on the held-out test pairs, with floors"),
     "probe": ("pipelines.probe", "probe frozen embeddings onto physical state"),
+    "imagine": ("pipelines.imagine", "open-loop imagination per step; latent vs true goal distance"),
     "voe": ("pipelines.voe", "violation-of-expectation surprise (colour, teleport)"),
     "compare": ("pipelines.compare", "compare world models and solvers on the same pairs"),
     "bisect": ("pipelines.bisect", "search the SIGReg weight λ by short trainings"),

@@ -1,5 +1,6 @@
 """The whole pipeline as one Prefect flow: per environment generate → manifest → train → decode → plan, probe,
-voe, and for the worlds in `compare.envs` the comparison of world models and solvers (pipelines/compare.py).
+imagine, voe, and for the worlds in `compare.envs` the comparison of world models and solvers
+(pipelines/compare.py).
 
     python -m pipelines.full [--env pusht] [--stages generate,train] [--set key=value]
 
@@ -28,10 +29,10 @@ from lewm.config import load_params
 from pipelines._cli import base_parser, run_cli
 from pipelines._reaper import watch_process
 
-STAGES = ("generate", "manifest", "train", "decode", "plan", "probe", "voe", "compare")
+STAGES = ("generate", "manifest", "train", "decode", "plan", "probe", "imagine", "voe", "compare")
 """Every stage, in an order that respects dvc.yaml's dependencies: generate → manifest → train (its
 planning checks read the validation manifest) → decode (the pixel decoder, which plan's GIFs and voe's plot
-show) → plan, probe and voe → compare (runs the DVC stages in `COMPARE_PARTS`)."""
+show) → plan, probe, imagine and voe → compare (runs the DVC stages in `COMPARE_PARTS`)."""
 
 COMPARE_PARTS = ("train_baseline", "plan_baseline", "compare_curves", "compare_solvers", "compare")
 """The DVC stages that the flow's `compare` step runs, in this order (`pipelines.compare.compare_stage`)."""

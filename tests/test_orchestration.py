@@ -42,13 +42,14 @@ def test_prefect_settings_keep_prefect_quiet_offline_and_inside_the_project():
 
 def test_pipeline_steps_respect_stage_dependencies():
     steps = full.pipeline_steps(["pusht", "cube"], compare_envs=["pusht"])
-    assert steps[:8] == [(s, "pusht") for s in ("generate", "manifest", "train", "decode", "plan", "probe",
-                                                "voe", "compare")]
-    assert [env for _, env in steps[8:]] == ["cube"] * 7  # cube is not in compare_envs
-    order = [stage for stage, _ in steps[:8]]
+    assert steps[:9] == [(s, "pusht") for s in ("generate", "manifest", "train", "decode", "plan", "probe",
+                                                "imagine", "voe", "compare")]
+    assert [env for _, env in steps[9:]] == ["cube"] * 8  # cube is not in compare_envs
+    order = [stage for stage, _ in steps[:9]]
     for before, after in [("generate", "manifest"), ("manifest", "train"), ("train", "plan"),
                           ("manifest", "plan"), ("train", "decode"), ("decode", "plan"), ("decode", "voe"),
-                          ("train", "probe"), ("train", "voe"), ("plan", "compare")]:
+                          ("train", "probe"), ("train", "imagine"), ("train", "voe"),
+                          ("plan", "compare")]:
         assert order.index(before) < order.index(after)
     # a subset keeps the pipeline's order, whatever order it was given in
     assert full.pipeline_steps(["pusht"], ["plan", "generate"]) == [("generate", "pusht"), ("plan", "pusht")]
@@ -106,8 +107,8 @@ def test_full_cli_rejects_unknown_stages_with_one_line():
                             cwd=PROJECT_ROOT, env=clean_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: unknown stages ['deploy'] (known: generate, manifest, train, decode, plan, probe, voe, "
-        "compare)"]
+        "error: unknown stages ['deploy'] (known: generate, manifest, train, decode, plan, probe, imagine, "
+        "voe, compare)"]
 
 
 def test_full_flow_runs_the_stages_in_order_and_stops_at_a_failure(prefect_harness, monkeypatch):
