@@ -13,8 +13,9 @@ Fits, each over log10(steps) by least squares (with three points they are trends
 - final block position error relative to the zero-action policy: linear;
 - probe r (linear probes): log(1 − r) linear, i.e. the unexplained part shrinking as a power of steps;
 and solves each for its target (issue 13: reference ≥ 50%, block ≥ 70%, error ≤ 0.5× zero, probes ≥ 0.97 /
-block angle ≥ 0.9), reported in steps and in minutes at the longest point's measured training rate. A target
-whose trend does not improve with steps is reported as not reachable by steps alone (inf).
+block angle ≥ 0.9), reported in steps and in hours at the fastest training rate measured among the points
+(another job on the machine only slows a run down). A target whose trend does not improve with steps is
+reported as not reachable by steps alone (inf).
 
 Writes <out>/curve.json (points and fits) and <out>/points.parquet; with --track, an MLflow run
 `compute-curve-<env>` with each point's metrics logged at step = training steps and the fits.
@@ -88,7 +89,7 @@ def fit_curve(points: pd.DataFrame) -> dict[str, dict[str, float]]:
         intercept, slope = line_fit(x, np.log(1 - r))
         fits[f"probe.{quantity}"] = {"target": target, "slope_per_decade": slope,
                                      "steps": steps_for(intercept, slope, math.log(1 - target), -1)}
-    seconds_per_step = (points["train.train_seconds"] / points["steps"]).iloc[-1]
+    seconds_per_step = (points["train.train_seconds"] / points["steps"]).min()  # contention only slows
     for fit in fits.values():
         fit["train_hours_at_measured_rate"] = fit["steps"] * seconds_per_step / 3600
     return fits
