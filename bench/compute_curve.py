@@ -79,7 +79,7 @@ def fit_curve(points: pd.DataFrame) -> dict[str, dict[str, float]]:
         n = points[f"plan.lewm.{predicate}.n"].to_numpy(float)
         p = np.clip(points[f"plan.lewm.{predicate}.success_rate"].to_numpy(float), 0.5 / n, 1 - 0.5 / n)
         intercept, slope = line_fit(x, logit(p))
-        needed = steps_for(intercept, slope, math.log(target / (1 - target)), 1)
+        needed = steps_for(intercept, slope, float(logit(np.float64(target))), 1)
         fits[f"success.{predicate}"] = {"target": target, "slope_per_decade": slope, "steps": needed}
     intercept, slope = line_fit(x, points["plan.lewm.final_block_pos_error_vs_zero"].to_numpy(float))
     fits["final_block_pos_error_vs_zero"] = {"target": ERROR_TARGET, "slope_per_decade": slope,

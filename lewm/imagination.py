@@ -33,55 +33,29 @@ from scipy.stats import spearmanr
 
 from lewm.checkpoint import ModelMeta
 from lewm.config import ImagineConfig, ProbeConfig
+from lewm.data.card import wrapped_difference
 from lewm.data.storage import EpisodeStore
 from lewm.envs import get_world
 from lewm.models import WorldModel
 from lewm.plots import save_figure
-from lewm.probing import EMBED_BATCH, RidgeProbe, Standardizer, split_rows
+from lewm.probing import EMBED_BATCH, LinearReadout, embed_frames, encode_frames, split_rows
 from lewm.world import Quantity, StateCost
 
 READINGS = ("imagined", "copy", "encoded")
 LATENT = "latent"  # the quantity name of the latent error rows
 
 
-@dataclass(frozen=True)
-class LinearReadout:
-    """Ridge probes from TRAIN-standardised embeddings to each quantity's TRAIN-standardised targets;
-    `read` returns physical values."""
-
-    embedding_scaler: Standardizer
-    probes: dict[str, tuple[Quantity, Standardizer, RidgeProbe]]
-
-    @classmethod
-    def fit(cls, z: np.ndarray, states: np.ndarray, quantities: tuple[Quantity, ...],
-            alpha: float) -> LinearReadout:
-        embedding_scaler = Standardizer.fit(z)
-        x = embedding_scaler.transform(z)
-        probes = {}
-        for quantity in quantities:
-            target_scaler = Standardizer.fit(quantity.values(states))
-            y = target_scaler.transform(quantity.values(states))
-            probes[quantity.name] = (quantity, target_scaler, RidgeProbe.fit(x, y, alpha))
-        return cls(embedding_scaler, probes)
-
-    def read(self, name: str, z: np.ndarray) -> np.ndarray:
-        """Quantity `name`'s values (N, dims) in physical units, predicted from embeddings z (N, D)."""
-        _, target_scaler, probe = self.probes[name]
-        standardised = probe.predict(self.embedding_scaler.transform(z))
-        return standardised * target_scaler.std + target_scaler.mean
-
-
 def quantity_error(quantity: Quantity, predicted: np.ndarray, true: np.ndarray) -> np.ndarray:
     """Per-row error (N,) in the quantity's units: the Euclidean norm of the difference for positions and
-    other vectors; for angles, the norm over the quantity's angles of the wrapped difference (radians)
-    between atan2 of the predicted (sin kθ, cos kθ) and the truth, divided by the symmetry fold k."""
+    other vectors; for angles, the norm over the quantity's angles of the difference (radians) between the
+    angles recovered from the predicted and the true (sin kθ, cos kθ), wrapped to the period 2π/k of a shape
+    with a k-fold symmetry."""
     if not quantity.is_angle:
         return np.linalg.norm(predicted - true, axis=1)
     n = len(quantity.columns)
-    angle_pred = np.arctan2(predicted[:, :n], predicted[:, n:])
-    angle_true = np.arctan2(true[:, :n], true[:, n:])
-    wrapped = np.angle(np.exp(1j * (angle_pred - angle_true)))
-    return np.linalg.norm(wrapped, axis=1) / quantity.folds
+    angle_pred = np.arctan2(predicted[:, :n], predicted[:, n:]) / quantity.folds
+    angle_true = np.arctan2(true[:, :n], true[:, n:]) / quantity.folds
+    return np.linalg.norm(wrapped_difference(angle_pred - angle_true, quantity), axis=1)
 
 
 def window_starts(store: EpisodeStore, span: int, max_starts: int) -> np.ndarray:
@@ -99,18 +73,6 @@ def window_starts(store: EpisodeStore, span: int, max_starts: int) -> np.ndarray
     return starts
 
 
-def encode_rows(model: WorldModel, store: EpisodeStore, rows: np.ndarray,
-                device: str | torch.device) -> torch.Tensor:
-    """Latents `(N, *latent)` of frame `rows`, on the CPU, float32, in eval mode."""
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(rows), EMBED_BATCH):
-            frames = np.ascontiguousarray(store.frames[rows[start : start + EMBED_BATCH]])
-            pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).to(device)
-            chunks.append(model.encode(pixels).float().cpu())
-    return torch.cat(chunks)
-
-
 def imagine(model: WorldModel, meta: ModelMeta, store: EpisodeStore, starts: np.ndarray, horizon: int,
             device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Open-loop rollouts from each start frame under the episode's true action blocks (normalised as in
@@ -118,7 +80,7 @@ def imagine(model: WorldModel, meta: ModelMeta, store: EpisodeStore, starts: np.
     *latent)` of the start and the frames k·frameskip raw steps later."""
     frameskip = meta.frameskip
     offsets = frameskip * np.arange(horizon + 1)
-    encoded = encode_rows(model, store, (starts[:, None] + offsets).ravel(), device)
+    encoded = encode_frames(model, store.frames, device, (starts[:, None] + offsets).ravel())
     encoded = encoded.reshape(len(starts), horizon + 1, *encoded.shape[1:])
     actions = meta.action_stats.normalize(store.actions).astype(np.float32)
     action_rows = starts[:, None] + np.arange(horizon * frameskip)
@@ -161,7 +123,7 @@ def run_imagination(
     model = model.to(device).eval()
     world = get_world(meta.env)
     train_rows = split_rows(store, "train", probe_cfg.max_frames)
-    train_z = encode_rows(model, store, train_rows, device).flatten(1).numpy()
+    train_z = embed_frames(model, store.frames, device, train_rows)
     readout = LinearReadout.fit(train_z, store.states[train_rows], world.probe_targets, probe_cfg.ridge_alpha)
 
     starts = window_starts(store, horizon * meta.frameskip, cfg.starts)

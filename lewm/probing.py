@@ -84,6 +84,36 @@ class RidgeProbe:
         return np.asarray(x, dtype=np.float64) @ self.weight + self.bias
 
 
+@dataclass(frozen=True)
+class LinearReadout:
+    """The linear probes of one encoder: embeddings and each quantity's targets are standardised with TRAIN
+    statistics, a ridge probe maps the one to the other; `read` returns physical values."""
+
+    embedding_scaler: Standardizer
+    probes: dict[str, tuple[Quantity, Standardizer, RidgeProbe]]  # name → (quantity, target scaler, probe)
+
+    @classmethod
+    def fit(cls, z: np.ndarray, states: np.ndarray, quantities: tuple[Quantity, ...],
+            alpha: float) -> LinearReadout:
+        embedding_scaler = Standardizer.fit(z)
+        x = embedding_scaler.transform(z)
+        probes = {}
+        for quantity in quantities:
+            target_scaler = Standardizer.fit(quantity.values(states))
+            y = target_scaler.transform(quantity.values(states))
+            probes[quantity.name] = (quantity, target_scaler, RidgeProbe.fit(x, y, alpha))
+        return cls(embedding_scaler, probes)
+
+    def standardised(self, name: str, z: np.ndarray) -> np.ndarray:
+        """Quantity `name`'s TRAIN-standardised targets (N, dims) predicted from embeddings z (N, D)."""
+        return self.probes[name][2].predict(self.embedding_scaler.transform(z))
+
+    def read(self, name: str, z: np.ndarray) -> np.ndarray:
+        """Quantity `name`'s values (N, dims) in physical units, predicted from embeddings z (N, D)."""
+        target_scaler = self.probes[name][1]
+        return self.standardised(name, z) * target_scaler.std + target_scaler.mean
+
+
 def fit_mlp_probe(
     x: np.ndarray, y: np.ndarray, cfg: ProbeConfig, device: str | torch.device = "cpu"
 ) -> nn.Module:
@@ -155,15 +185,15 @@ def split_rows(store: EpisodeStore, split: str, max_frames: int) -> np.ndarray:
     return rows
 
 
-def embed_frames(
+def encode_frames(
     model: WorldModel,
     frames: np.ndarray | torch.Tensor,
     device: str | torch.device = "cpu",
     rows: np.ndarray | None = None,
-) -> np.ndarray:
-    """Frozen embeddings (N, D), in eval mode, of uint8 frames: (N, H, W, 3) arrays (`frames[rows]` when
-    `rows` is given, read one batch at a time so a memory-mapped dataset is never loaded whole) or
-    (N, 3, H, W) tensors."""
+) -> torch.Tensor:
+    """Frozen latents (N, *latent), float32 on the CPU, in eval mode, of uint8 frames: (N, H, W, 3) arrays
+    (`frames[rows]` when `rows` is given, read one batch at a time so a memory-mapped dataset is never
+    loaded whole) or (N, 3, H, W) tensors."""
     index = np.arange(len(frames)) if rows is None else np.asarray(rows)
     model.eval()
     chunks = []
@@ -172,8 +202,18 @@ def embed_frames(
             batch = frames[index[start : start + EMBED_BATCH]]
             if not torch.is_tensor(batch):
                 batch = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
-            chunks.append(model.encode(batch.to(device)).float().flatten(1).cpu())
-    return torch.cat(chunks).numpy()
+            chunks.append(model.encode(batch.to(device)).float().cpu())
+    return torch.cat(chunks)
+
+
+def embed_frames(
+    model: WorldModel,
+    frames: np.ndarray | torch.Tensor,
+    device: str | torch.device = "cpu",
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """`encode_frames` flattened per frame: embeddings (N, D) as a numpy array (what probes read)."""
+    return encode_frames(model, frames, device, rows).flatten(1).numpy()
 
 
 def random_init_model(meta: ModelMeta, seed: int) -> WorldModel:
@@ -196,15 +236,16 @@ def probe_scores(
 
     One row per quantity × probe: `quantity`, `probe`, `dims`, `mse`, `r`, `r2`, `n_train`, `n_test`.
     """
-    embedding_scaler = Standardizer.fit(train_z)
-    x_train, x_test = embedding_scaler.transform(train_z), embedding_scaler.transform(test_z)
+    readout = LinearReadout.fit(train_z, train_states, quantities, cfg.ridge_alpha)
+    x_train = readout.embedding_scaler.transform(train_z)
+    x_test = readout.embedding_scaler.transform(test_z)
     rows = []
     for quantity in quantities:
-        target_scaler = Standardizer.fit(quantity.values(train_states))
+        target_scaler = readout.probes[quantity.name][1]
         y_train = target_scaler.transform(quantity.values(train_states))
         y_test = target_scaler.transform(quantity.values(test_states))
         predictions = {
-            "linear": RidgeProbe.fit(x_train, y_train, cfg.ridge_alpha).predict(x_test),
+            "linear": readout.standardised(quantity.name, test_z),
             "mlp": mlp_predict(fit_mlp_probe(x_train, y_train, cfg, device), x_test),
         }
         for probe, y_pred in predictions.items():

@@ -19,12 +19,12 @@ from lewm.data.storage import EpisodeStore
 from lewm.imagination import (
     LATENT,
     READINGS,
-    LinearReadout,
     imagine,
     quantity_error,
     rank_correlation,
     window_starts,
 )
+from lewm.probing import LinearReadout
 from lewm.world import Quantity
 from pipelines import imagine as imagine_pipeline
 

@@ -158,7 +158,7 @@ def _motion(body: Body, states: np.ndarray, has_next: np.ndarray, names: list[st
         spans = np.array([high - low for low, high in body.extent])
         moved |= np.any(np.abs(change[:, list(body.position.columns)]) > MOVE_TOLERANCE * spans, axis=1)
     for angle in body.angles:
-        moved |= np.abs(_wrapped(change[:, angle.columns[0]], angle)) > TURN_TOLERANCE
+        moved |= np.abs(wrapped_difference(change[:, angle.columns[0]], angle)) > TURN_TOLERANCE
     valid = has_next[:-1]
     count = int(np.count_nonzero(moved[valid]))
     parts = [f"turned more than {TURN_TOLERANCE:g} rad in {names[angle.columns[0]]}" for angle in body.angles]
@@ -173,7 +173,7 @@ def _motion(body: Body, states: np.ndarray, has_next: np.ndarray, names: list[st
     }
 
 
-def _wrapped(difference: np.ndarray, angle: Quantity) -> np.ndarray:
+def wrapped_difference(difference: np.ndarray, angle: Quantity) -> np.ndarray:
     """An angle difference wrapped to [−period/2, period/2), period = 2π/folds."""
     period = 2 * math.pi / angle.folds
     return np.mod(difference + period / 2, period) - period / 2
