@@ -58,40 +58,54 @@ def quantity_error(quantity: Quantity, predicted: np.ndarray, true: np.ndarray) 
     return np.linalg.norm(wrapped_difference(angle_pred - angle_true, quantity), axis=1)
 
 
-def window_starts(store: EpisodeStore, span: int, max_starts: int) -> np.ndarray:
+def window_starts(store: EpisodeStore, span: int, max_starts: int, lead: int = 0) -> np.ndarray:
     """Frame rows of TEST episodes from which `span` more raw steps stay inside the episode (the last row
-    has no action), evenly subsampled to at most `max_starts`."""
+    has no action) and `lead` raw steps precede them (earlier context frames), evenly subsampled to at most
+    `max_starts`."""
     rows = []
     for episode in store.episode_ids("test"):
         episode_rows = store.episode_rows(episode)
-        rows.append(np.arange(episode_rows.start, episode_rows.stop - span))
+        rows.append(np.arange(episode_rows.start + lead, episode_rows.stop - span))
     starts = np.concatenate(rows) if rows else np.empty(0, dtype=np.int64)
     if len(starts) == 0:
-        raise ValueError(f"no test episode is longer than {span} raw steps (the imagination window)")
+        raise ValueError(f"no test episode is longer than {lead + span} raw steps (the imagination window)")
     if len(starts) > max_starts:
         starts = starts[np.linspace(0, len(starts) - 1, max_starts).round().astype(np.int64)]
     return starts
 
 
+def check_context_frames(context_frames: int, history: int) -> None:
+    """Refuse a rollout context the predictor cannot read: 1 to its `history` observed frames."""
+    if not 1 <= context_frames <= history:
+        raise ValueError(f"context_frames must be in [1, {history}] (the model's history), "
+                         f"got {context_frames}")
+
+
 def imagine(model: WorldModel, meta: ModelMeta, store: EpisodeStore, starts: np.ndarray, horizon: int,
-            device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+            device: str | torch.device, context_frames: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Open-loop rollouts from each start frame under the episode's true action blocks (normalised as in
     training): the imagined latents `(N, horizon, *latent)` and the true encodings `(N, 1 + horizon,
-    *latent)` of the start and the frames k·frameskip raw steps later."""
-    frameskip = meta.frameskip
-    offsets = frameskip * np.arange(horizon + 1)
+    *latent)` of the start and the frames k·frameskip raw steps later. With `context_frames` C > 1 the
+    rollout also sees the C − 1 observed frames every frameskip raw steps before the start and the blocks
+    executed between them (planning observes one frame; this measures what more would give); starts need
+    (C − 1)·frameskip earlier raw steps in their episode (`window_starts`' `lead`)."""
+    check_context_frames(context_frames, meta.history)
+    frameskip, lead = meta.frameskip, (context_frames - 1) * meta.frameskip
+    offsets = frameskip * np.arange(1 - context_frames, horizon + 1)
     encoded = encode_frames(model, store.frames, device, (starts[:, None] + offsets).ravel())
-    encoded = encoded.reshape(len(starts), horizon + 1, *encoded.shape[1:])
+    encoded = encoded.reshape(len(starts), len(offsets), *encoded.shape[1:])
     actions = meta.action_stats.normalize(store.actions).astype(np.float32)
-    action_rows = starts[:, None] + np.arange(horizon * frameskip)
-    blocks = torch.from_numpy(actions[action_rows].reshape(len(starts), horizon, -1))
+    action_rows = starts[:, None] + np.arange(-lead, horizon * frameskip)
+    blocks = torch.from_numpy(actions[action_rows].reshape(len(starts), context_frames - 1 + horizon, -1))
     imagined = []
     with torch.inference_mode():
         for start in range(0, len(starts), EMBED_BATCH):
             batch = slice(start, start + EMBED_BATCH)
-            rollout = model.rollout(encoded[batch, 0].to(device), blocks[batch].to(device))
+            context = encoded[batch, :context_frames].to(device)
+            context_actions = blocks[batch, : context_frames - 1].to(device) if context_frames > 1 else None
+            rollout = model.rollout(context, blocks[batch, context_frames - 1:].to(device), context_actions)
             imagined.append(rollout.float().cpu())
-    return torch.cat(imagined), encoded
+    return torch.cat(imagined), encoded[:, context_frames - 1:]
 
 
 def rank_correlation(latent_distance: np.ndarray, true_distance: np.ndarray) -> float:
@@ -121,33 +135,48 @@ def run_imagination(
     """Measure open-loop imagination `horizon` blocks ahead (planning's horizon) and cost fidelity (module
     docstring) on `store`'s test episodes; the linear probes use the probe stage's frames and ridge α."""
     model = model.to(device).eval()
-    world = get_world(meta.env)
-    train_rows = split_rows(store, "train", probe_cfg.max_frames)
-    train_z = embed_frames(model, store.frames, device, train_rows)
-    readout = LinearReadout.fit(train_z, store.states[train_rows], world.probe_targets, probe_cfg.ridge_alpha)
-
+    readout = fit_readout(model, meta, store, probe_cfg, device)
     starts = window_starts(store, horizon * meta.frameskip, cfg.starts)
     imagined, encoded = imagine(model, meta, store, starts, horizon, device)
+    table = imagination_table(readout, store, starts, imagined, encoded, meta.frameskip)
+    metrics = _error_metrics(table)
+    state_cost = get_world(meta.env).state_cost
+    if state_cost is not None:
+        flat_encoded = encoded.flatten(2).numpy()
+        metrics.update(cost_fidelity(state_cost, store, starts, flat_encoded, meta.frameskip, cfg))
+    return ImaginationResult(table, metrics)
+
+
+def fit_readout(model: WorldModel, meta: ModelMeta, store: EpisodeStore, probe_cfg: ProbeConfig,
+                device: str | torch.device) -> LinearReadout:
+    """Linear probes of the world's probe targets on the model's TRAIN frame embeddings (the probe stage's
+    frames and ridge α)."""
+    train_rows = split_rows(store, "train", probe_cfg.max_frames)
+    train_z = embed_frames(model, store.frames, device, train_rows)
+    targets = get_world(meta.env).probe_targets
+    return LinearReadout.fit(train_z, store.states[train_rows], targets, probe_cfg.ridge_alpha)
+
+
+def imagination_table(readout: LinearReadout, store: EpisodeStore, starts: np.ndarray, imagined: torch.Tensor,
+                      encoded: torch.Tensor, frameskip: int) -> pd.DataFrame:
+    """Errors per horizon step × quantity × reading (`imagine`'s outputs read by `readout` against the true
+    states; the latent error against the true encoding), one row each."""
     flat_imagined, flat_encoded = imagined.flatten(2).numpy(), encoded.flatten(2).numpy()
     rows = []
-    for step in range(1, horizon + 1):
-        true_states = store.states[starts + step * meta.frameskip]
+    for step in range(1, flat_imagined.shape[1] + 1):
+        true_states = store.states[starts + step * frameskip]
         readings = {"imagined": flat_imagined[:, step - 1], "copy": flat_encoded[:, 0],
                     "encoded": flat_encoded[:, step]}
         for name, (quantity, _, _) in readout.probes.items():
             truth = quantity.values(true_states)
             for reading, z in readings.items():
                 errors = quantity_error(quantity, readout.read(name, z), truth)
-                rows.append(_row(step, meta.frameskip, name, reading, errors))
+                rows.append(_row(step, frameskip, name, reading, errors))
         target = flat_encoded[:, step]
         for reading in ("imagined", "copy"):
             errors = ((readings[reading] - target) ** 2).sum(axis=1)
-            rows.append(_row(step, meta.frameskip, LATENT, reading, errors))
-    table = pd.DataFrame(rows)
-    metrics = _error_metrics(table)
-    if world.state_cost is not None:
-        metrics.update(cost_fidelity(world.state_cost, store, starts, flat_encoded, meta.frameskip, cfg))
-    return ImaginationResult(table, metrics)
+            rows.append(_row(step, frameskip, LATENT, reading, errors))
+    return pd.DataFrame(rows)
 
 
 def cost_fidelity(state_cost: StateCost, store: EpisodeStore, starts: np.ndarray, encoded: np.ndarray,

@@ -3,8 +3,11 @@ episodes, rollouts under the episode's own actions, and the imagine stage end to
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -103,6 +106,31 @@ def test_rollout_follows_the_episodes_own_actions(tiny_run):
     torch.testing.assert_close(encoded[:, 2], last_encoded, rtol=1e-4, atol=1e-5)
 
 
+def test_context_frames_roll_out_from_the_observed_frames_before_the_start(tiny_run):
+    data, _, meta = tiny_run
+    store = EpisodeStore.open(data)
+    torch.manual_seed(0)
+    model = meta.build().eval()
+    lead = meta.frameskip
+    starts = window_starts(store, 2 * meta.frameskip, max_starts=5, lead=lead)
+    for episode in store.episode_ids("test"):
+        rows = store.episode_rows(episode)
+        assert all(s - lead >= rows.start for s in starts if rows.start <= s < rows.stop)
+    imagined, encoded = imagine(model, meta, store, starts, horizon=2, device="cpu", context_frames=2)
+    assert imagined.shape == (5, 2, 16) and encoded.shape == (5, 3, 16)  # encodings from the start on
+    actions = torch.from_numpy(meta.action_stats.normalize(store.actions).astype(np.float32))
+    blocks = actions[starts[:, None] + np.arange(-lead, meta.frameskip)].reshape(5, 2, -1)
+    with torch.inference_mode():
+        pixels = torch.from_numpy(np.ascontiguousarray(store.frames[starts - lead]))
+        earlier = model.encode(pixels.permute(0, 3, 1, 2))
+        expected = model.predict(torch.stack([earlier, encoded[:, 0]], dim=1), blocks)[:, -1]
+    torch.testing.assert_close(imagined[:, 0], expected, rtol=1e-4, atol=1e-5)
+    single, _ = imagine(model, meta, store, starts, horizon=2, device="cpu")
+    assert not torch.allclose(single[:, 0], imagined[:, 0])  # the earlier frame changed the prediction
+    with pytest.raises(ValueError, match=r"context_frames must be in \[1, 3\]"):
+        imagine(model, meta, store, starts, horizon=2, device="cpu", context_frames=4)
+
+
 def test_rank_correlation_is_spearmans_and_nan_when_constant():
     x = np.arange(10.0)
     assert rank_correlation(x, x**3) == pytest.approx(1.0)
@@ -134,3 +162,24 @@ def test_imagine_stage_writes_errors_per_step_quantity_and_reading(tiny_run, tmp
     imagine_pipeline.run_cli(imagine_pipeline.main)
     printed = capsys.readouterr().out
     assert "block_xy: k1 " in printed and "Spearman ρ (window)" in printed
+
+
+def test_context_frames_bench_compares_contexts_on_the_same_starts(tiny_run, tmp_path):
+    data, model_path, meta = tiny_run
+    script = Path(__file__).resolve().parents[1] / "bench" / "context_frames.py"
+    command = [sys.executable, str(script), "--env", "pusht", "--model", str(model_path), "--data", str(data),
+               "--out", str(tmp_path / "out")]
+    done = subprocess.run([*command, "--contexts", "1", "2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = pd.read_parquet(tmp_path / "out" / "context_frames.parquet")
+    assert sorted(table["context"].unique()) == [1, 2]
+    # the same starts: the no-motion copy and the encoded truth do not depend on the context
+    for reading in ("copy", "encoded"):
+        rows = [group[group["reading"] == reading].drop(columns="context").reset_index(drop=True)
+                for _, group in table.groupby("context")]
+        pd.testing.assert_frame_equal(*rows, rtol=1e-4)  # encoded in other batches: float rounding
+    summary = json.loads((tmp_path / "out" / "context_frames.json").read_text())
+    assert set(summary) == {"context1", "context2", "starts"}
+    bad = subprocess.run([*command, "--contexts", "1", str(meta.history + 1)], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "context_frames must be in [1, 3]" in bad.stderr.strip().splitlines()[-1]
