@@ -35,7 +35,7 @@ def measure(env: str, model_path: Path, data_dir: Path, contexts: list[int]) -> 
     column added."""
     params = load_params(None, [], env)
     loaded = load_model(model_path, "cpu")
-    model, meta = loaded.model.eval(), loaded.meta
+    model, meta = loaded.model, loaded.meta  # in eval mode
     for context in contexts:
         check_context_frames(context, meta.history)
     store = EpisodeStore.open(data_dir)
@@ -68,7 +68,6 @@ def main() -> None:
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     out = args.out or Path(f"runs/{args.env}/levers/context_frames")
-    out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "context_frames.parquet") as tmp:
         table.to_parquet(tmp, index=False)
     summary = {f"context{c}": {f"{r.quantity}.{r.reading}.k{r.step}": r.mean_error
