@@ -26,8 +26,9 @@ import torch
 from lewm.checkpoint import load_model
 from lewm.config import load_params
 from lewm.data.storage import EpisodeStore
-from lewm.imagination import check_context_frames, fit_readout, imagination_table, imagine, window_starts
+from lewm.imagination import fit_readout, imagination_table, imagine, window_starts
 from lewm.io import atomic_file, write_json
+from lewm.models import check_context_frames
 
 
 def measure(env: str, model_path: Path, data_dir: Path, contexts: list[int]) -> pd.DataFrame:

@@ -206,7 +206,8 @@ def loader_rows(params: Params, train_clips_per_s: float, batches: int = 30) -> 
 
 def reference_rollout(model: torch.nn.Module, z_context: torch.Tensor, action_blocks: torch.Tensor,
                       ) -> torch.Tensor:
-    """The rollout as a plain loop: the action conditioning recomputed for every window position."""
+    """The rollout as a plain loop: every window computed whole (no cached keys and values, every output
+    of the last block) and its action conditioning recomputed for every window position."""
     batch, horizon = action_blocks.shape[:2]
     action_emb = model.action_encoder(action_blocks)
     sequence = list(z_context.reshape(1, 1, -1).expand(batch, -1, -1).unbind(1))
@@ -228,7 +229,11 @@ class ReferenceModel(torch.nn.Module):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode(pixels)
 
-    def planning_cost(self, z_context: torch.Tensor, z_goal: torch.Tensor) -> Callable:
+    def planning_cost(self, z_context: torch.Tensor, z_goal: torch.Tensor,
+                      context_actions: torch.Tensor | None = None) -> Callable:
+        if context_actions is not None:
+            raise ValueError("the reference loop plans from one observed frame (plan.context_frames: 1)")
+
         def cost(candidates: torch.Tensor) -> torch.Tensor:  # the agent picks the autograd mode
             imagined = reference_rollout(self.model, z_context, candidates)[:, -1]
             return (imagined - z_goal.reshape(1, -1)).pow(2).sum(dim=1)

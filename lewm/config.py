@@ -105,6 +105,7 @@ class PlanConfig:
     receding: int  # blocks executed before replanning
     seed: int
     precision: str  # auto | bf16 | fp32, as train.precision (encoding and rollouts of a solve)
+    context_frames: int  # observed frames a solve starts from: the current one and those 1 … blocks earlier
     settings: Any
 
 
@@ -407,6 +408,7 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
                                     "checkpoint_every": 1, "log_every": 1, "val_every": 1, "val_batches": 1,
                                     "plan_eval_every": 0, "plan_eval_episodes": 1, "num_workers": 0},
                    strict=("lr",))
+    check_minimums(plan, "plan", {"context_frames": 1})
     if train.max_steps == 0 and train.epochs == 0:
         raise ConfigError("train.max_steps and train.epochs: both 0, nothing would train")
     decoder = build_section(DecoderConfig, merged.get("decoder"), "decoder")

@@ -36,7 +36,7 @@ from lewm.config import ImagineConfig, ProbeConfig
 from lewm.data.card import wrapped_difference
 from lewm.data.storage import EpisodeStore
 from lewm.envs import get_world
-from lewm.models import WorldModel
+from lewm.models import WorldModel, check_context_frames
 from lewm.plots import save_figure
 from lewm.probing import EMBED_BATCH, LinearReadout, embed_frames, encode_frames, split_rows
 from lewm.world import Quantity, StateCost
@@ -72,13 +72,6 @@ def window_starts(store: EpisodeStore, span: int, max_starts: int, lead: int = 0
     if len(starts) > max_starts:
         starts = starts[np.linspace(0, len(starts) - 1, max_starts).round().astype(np.int64)]
     return starts
-
-
-def check_context_frames(context_frames: int, history: int) -> None:
-    """Refuse a rollout context the predictor cannot read: 1 to its `history` observed frames."""
-    if not 1 <= context_frames <= history:
-        raise ValueError(f"context_frames must be in [1, {history}] (the model's history), "
-                         f"got {context_frames}")
 
 
 def imagine(model: WorldModel, meta: ModelMeta, store: EpisodeStore, starts: np.ndarray, horizon: int,

@@ -3,8 +3,10 @@
 - `LatentMPCAgent`: encode the current frame, let the solver (`plan.solver`, lewm/solvers/) minimise the
   model's planning cost to the goal latent, de-normalise the first `receding` blocks into raw actions.
   A solve runs under `torch.inference_mode()`, or with autograd on for a `differentiable` solver.
-  The plan-time context is the current frame only (the reference's default `history_len = 1`); the
-  rollout's context then grows with predicted latents up to the model's `history`.
+  The plan-time context is `plan.context_frames` observed frames: the current one (the reference's
+  `history_len = 1`, the default) and, above 1, those 1, 2 … blocks earlier with the blocks executed
+  between them (what the agent `observe`s), so motion is visible to the model; the rollout's context then
+  grows with predicted latents up to the model's `history`.
 - `RandomAgent`, `ZeroAgent`: uniform actions in [−1, 1] and the zero action: the floors every planner
   must beat on the same start/goal pairs (`baseline_agents`).
 - `SimulatorOracleAgent`: the same solver and MPC loop with the true simulator as the model and a cost from
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -38,6 +41,7 @@ from torch import Tensor
 from lewm.checkpoint import ModelMeta
 from lewm.config import PlanConfig
 from lewm.data.clips import ActionStats
+from lewm.models import check_context_frames
 from lewm.parts import SOLVERS, part_module
 from lewm.runtime import autocast, resolve_precision
 from lewm.solvers import Solver
@@ -58,7 +62,9 @@ def make_solver(cfg: PlanConfig, block_dim: int, seed: int, device: str | torch.
 
 class Agent(Protocol):
     """What `run_episode` drives: told the goal once, then asked for the next raw actions. Observations are
-    the env's (`pixels` (H, W, 3) uint8, `state`, `proprio`); a world model agent reads only the pixels."""
+    the env's (`pixels` (H, W, 3) uint8, `state`, `proprio`); a world model agent reads only the pixels.
+    An agent may also define `observe(obs, action)`: `run_episode` then calls it after every env step with
+    the raw action executed (clipped) and the observation it led to."""
 
     def start(self, goal: Observation) -> None:
         """Begin an episode towards the goal observation."""
@@ -84,6 +90,11 @@ class LatentMPCAgent:
         self.precision = resolve_precision(self.device, plan_cfg.precision)
         self.frameskip = meta.frameskip
         self.solver = make_solver(plan_cfg, meta.frameskip * meta.action_dim, seed, self.device)
+        check_context_frames(plan_cfg.context_frames, meta.history)
+        self.context_frames = plan_cfg.context_frames
+        # the frames and raw actions of the last context_frames − 1 blocks (oldest first), for the context
+        self.recent_frames: deque[np.ndarray] = deque(maxlen=(self.context_frames - 1) * self.frameskip + 1)
+        self.recent_actions: deque[np.ndarray] = deque(maxlen=(self.context_frames - 1) * self.frameskip)
         self.z_goal: Tensor | None = None
         self.solve_times: list[float] = []
         self.imagine = False  # keep what every chosen plan imagines (`imagined`), for display
@@ -93,42 +104,70 @@ class LatentMPCAgent:
         self.solver.reset()
         self.solve_times = []
         self.imagined = []
-        self.z_goal = self._encode(goal["pixels"])
+        self.recent_frames.clear()
+        self.recent_actions.clear()
+        self.z_goal = self._encode(goal["pixels"][None])
+
+    def observe(self, obs: Observation, action: np.ndarray) -> None:
+        """Keep the frames and actions the plan-time context needs (nothing with one context frame)."""
+        if self.context_frames > 1:
+            self.recent_actions.append(np.asarray(action, dtype=np.float64))
+            self.recent_frames.append(obs["pixels"])
 
     def act(self, obs: Observation) -> np.ndarray:
         if self.z_goal is None:
             raise RuntimeError("LatentMPCAgent.act called before start(goal)")
         started = time.perf_counter()
-        z_now, z_goal = self._encode(obs["pixels"]), self.z_goal
+        frames, context_actions = self._context(obs["pixels"])
+        z_context, z_goal = self._encode(frames)[None], self.z_goal  # (1, C, *latent)
         if self.solver.differentiable:  # autograd on; the solver takes gradients w.r.t. its candidates only
             grad_mode = contextlib.nullcontext()
-            z_now, z_goal = z_now.clone(), z_goal.clone()  # inference tensors cannot be saved for backward
+            z_context, z_goal = z_context.clone(), z_goal.clone()  # inference tensors cannot be saved
         else:
             grad_mode = torch.inference_mode()
         with grad_mode, autocast(self.device, self.precision):
-            result = self.solver.solve(self.model.planning_cost(z_now, z_goal))
+            result = self.solver.solve(self.model.planning_cost(z_context, z_goal, context_actions))
         blocks = result.plan[: self.plan_cfg.receding].cpu()
         self.solve_times.append(time.perf_counter() - started)
         if self.imagine:
-            self.imagined.append(self._imagine(z_now.detach(), result.plan.detach()))
+            self.imagined.append(self._imagine(z_context.detach(), context_actions, result.plan.detach()))
         return raw_actions(blocks, self.action_stats, self.action_dim)
 
-    def _imagine(self, z_now: Tensor, plan: Tensor) -> Tensor:
-        """What the chosen `plan` (H, block_dim) imagines from the current latent `z_now` (1, *latent): that
-        latent, then the model's rollout of the plan, `(1 + H, *latent)` float32 on the CPU; latent k is the
-        model's guess of the frame k·frameskip raw steps from now."""
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            rollout = self.model.rollout(z_now, plan[None].to(self.device))[0].float()
-        return torch.cat([z_now.float(), rollout]).cpu()
+    def _context(self, pixels: np.ndarray) -> tuple[np.ndarray, Tensor | None]:
+        """The observed frames a solve starts from, oldest first `(C, H, W, 3)`: the current frame `pixels`
+        and those 1 … C−1 blocks earlier, as many as the episode has so far (up to `context_frames`), and
+        the normalised blocks executed between them `(1, C−1, block_dim)` (None for one frame)."""
+        if self.context_frames == 1:
+            return pixels[None], None
+        if not self.recent_frames:  # the episode's first solve: its start frame
+            self.recent_frames.append(pixels)
+        elif self.recent_frames[-1] is not pixels:
+            raise RuntimeError("LatentMPCAgent with plan.context_frames > 1 must observe() every env step "
+                               "(run_episode does) before act()")
+        earlier = min(self.context_frames - 1, len(self.recent_actions) // self.frameskip)
+        frames = np.stack([self.recent_frames[-1 - k * self.frameskip] for k in range(earlier, -1, -1)])
+        if earlier == 0:
+            return frames, None
+        actions = np.stack(list(self.recent_actions)[-earlier * self.frameskip:]).reshape(1, earlier, -1)
+        blocks = torch.as_tensor(self.action_stats.normalize(actions), dtype=torch.float32)
+        return frames, blocks.to(self.device)
 
-    def _encode(self, pixels: np.ndarray) -> Tensor:
-        """(H, W, 3) uint8 frame → (1, *latent) latent, in inference mode."""
-        if pixels.shape != (self.image_size, self.image_size, 3):
-            raise ValueError(f"the env renders {pixels.shape} frames but the model expects "
-                             f"({self.image_size}, {self.image_size}, 3)")
-        frame = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None].to(self.device)
+    def _imagine(self, z_context: Tensor, context_actions: Tensor | None, plan: Tensor) -> Tensor:
+        """What the chosen `plan` (H, block_dim) imagines from the context `z_context` (1, C, *latent): the
+        current latent, then the model's rollout of the plan, `(1 + H, *latent)` float32 on the CPU; latent k
+        is the model's guess of the frame k·frameskip raw steps from now."""
         with torch.inference_mode(), autocast(self.device, self.precision):
-            return self.model.encode(frame).float()
+            rollout = self.model.rollout(z_context, plan[None].to(self.device), context_actions)[0].float()
+        return torch.cat([z_context[0, -1:].float(), rollout]).cpu()
+
+    def _encode(self, frames: np.ndarray) -> Tensor:
+        """(k, H, W, 3) uint8 frames → (k, *latent) latents, in inference mode."""
+        if frames.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(f"the env renders {frames.shape[1:]} frames but the model expects "
+                             f"({self.image_size}, {self.image_size}, 3)")
+        pixels = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).to(self.device)
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            return self.model.encode(pixels).float()
 
 
 def raw_actions(blocks: Tensor, action_stats: ActionStats, action_dim: int) -> np.ndarray:
@@ -279,6 +318,7 @@ def run_episode(
     env.set_goal_state(np.asarray(goal_state))  # before set_state, so the first frame shows any goal overlay
     obs = env.set_state(np.asarray(start_state))
     agent.start({"pixels": goal_pixels, "state": np.asarray(goal_state)})
+    observe = getattr(agent, "observe", None)
     start_errors = errors_fn(obs["state"], goal_state) if errors_fn is not None else {}
     best_errors = dict(start_errors)
     first_success: dict[str, int | None] = dict.fromkeys(predicates)
@@ -293,6 +333,8 @@ def run_episode(
         for action in np.clip(actions, -1.0, 1.0)[: budget - steps]:
             obs = env.step(action)[0]
             steps += 1
+            if observe is not None:
+                observe(obs, action)
             if frames is not None:
                 frames.append(obs["pixels"])
             if errors_fn is not None:

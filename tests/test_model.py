@@ -127,20 +127,23 @@ def test_adaln_zero_blocks_are_the_identity_at_init() -> None:
         torch.testing.assert_close(block(x, block.modulation(cond)), x, rtol=0, atol=0)
 
 
-def test_rollout_equals_step_by_step_predict_with_history_truncation() -> None:
+@pytest.mark.parametrize("num_context", [1, 2, 3])
+def test_rollout_equals_step_by_step_predict_with_history_truncation(num_context: int) -> None:
+    """The rollout's cached keys and values (while the window has not slid) and last-token-only final
+    block give what predicting every window whole does."""
     model = _model(activate_conditioning=True).eval()
     generator = torch.Generator().manual_seed(1)
-    z_context = torch.randn(5, 2, TINY.embed_dim, generator=generator)
-    context_actions = torch.randn(5, 1, BLOCK, generator=generator)
-    plan = torch.randn(5, 4, BLOCK, generator=generator)
+    z_context = torch.randn(5, num_context, TINY.embed_dim, generator=generator)
+    context_actions = torch.randn(5, num_context - 1, BLOCK, generator=generator)
+    plan = torch.randn(5, 5, BLOCK, generator=generator)
 
-    rolled = model.rollout(z_context, plan, context_actions)
+    rolled = model.rollout(z_context, plan, context_actions if num_context > 1 else None)
 
     sequence, actions = z_context, torch.cat([context_actions, plan], dim=1)
     expected = []
-    for step in range(4):
-        end = 2 + step
-        start = max(0, end - HISTORY)  # calls see 2, 3, 3, 3 tokens
+    for step in range(5):
+        end = num_context + step
+        start = max(0, end - HISTORY)  # from 1 context frame the calls see 1, 2, 3, 3, 3 tokens
         next_z = model.predict(sequence[:, start:end], actions[:, start:end])[:, -1:]
         sequence = torch.cat([sequence, next_z], dim=1)
         expected.append(next_z)

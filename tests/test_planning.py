@@ -236,7 +236,8 @@ class TokenModel(torch.nn.Module):
         self.tokens, self.dim = tokens, dim
         self.weight = torch.nn.Parameter(torch.randn(block_dim, tokens * dim, generator=seeded(11)))
 
-    def rollout(self, z_context: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    def rollout(self, z_context: torch.Tensor, blocks: torch.Tensor,
+                context_actions: torch.Tensor | None = None) -> torch.Tensor:
         """`(1, N, D)` and `(S, H, block_dim)` → `(S, H, N, D)`."""
         steps = (blocks @ self.weight).reshape(*blocks.shape[:2], self.tokens, self.dim)
         return z_context.reshape(1, 1, self.tokens, self.dim) + steps.cumsum(dim=1)
@@ -331,12 +332,14 @@ class PointWorldModel(torch.nn.Module):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return pixels[:, :2, 0, 0].float()
 
-    def rollout(self, z_context: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    def rollout(self, z_context: torch.Tensor, blocks: torch.Tensor,
+                context_actions: torch.Tensor | None = None) -> torch.Tensor:
         raw = STATS.denormalize(blocks).clamp(-1, 1).reshape(*blocks.shape[:2], FRAMESKIP, 2)
-        return z_context.reshape(1, 1, 2) + STEP_SIZE * raw.sum(dim=2).cumsum(dim=1)
+        return z_context.reshape(1, -1, 2)[:, -1:] + STEP_SIZE * raw.sum(dim=2).cumsum(dim=1)
 
-    def planning_cost(self, z_context: torch.Tensor, z_goal: torch.Tensor) -> CostFn:
-        return goal_distance_cost(self, z_context, z_goal)
+    def planning_cost(self, z_context: torch.Tensor, z_goal: torch.Tensor,
+                      context_actions: torch.Tensor | None = None) -> CostFn:
+        return goal_distance_cost(self, z_context, z_goal, context_actions)
 
 
 def test_mpc_reaches_the_goal_and_stops_once_every_predicate_held() -> None:
@@ -351,6 +354,52 @@ def test_mpc_reaches_the_goal_and_stops_once_every_predicate_held() -> None:
     chunk = SMALL.receding * FRAMESKIP
     assert len(result.solve_times) == -(-result.steps // chunk) and min(result.solve_times) > 0
     assert all(np.all(np.abs(a) <= 1) for a in env.executed)
+
+
+class ContextRecordingModel(PointWorldModel):
+    """`PointWorldModel` that keeps the context of every solve (its rollout reads the last frame only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contexts: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+
+    def planning_cost(self, z_context: torch.Tensor, z_goal: torch.Tensor,
+                      context_actions: torch.Tensor | None = None) -> CostFn:
+        self.contexts.append((z_context.clone(), context_actions))
+        return super().planning_cost(z_context, z_goal, context_actions)
+
+
+def test_plan_context_holds_the_frames_and_blocks_before_the_current_frame() -> None:
+    """With plan.context_frames = 3 a solve sees the frames 2 and 1 blocks earlier and the normalised
+    blocks executed since, once the episode has them: the first solve its start frame only."""
+    env, model = PointEnv(), ContextRecordingModel()
+    meta, cfg = dataclasses.replace(META, history=3), changed(SMALL, context_frames=3, receding=1)
+    agent = LatentMPCAgent(model, meta, cfg, seed=0)
+    run_episode(env, agent, np.array([20.0, 20.0]), np.array([250.0, 250.0]), np.zeros((4, 4, 3), np.uint8),
+                budget=4 * FRAMESKIP, predicates=PREDICATES, success_fn=success)
+    positions = np.array([20.0, 20.0]) + STEP_SIZE * np.cumsum([np.zeros(2), *env.executed], axis=0)
+    assert [tuple(z.shape) for z, _ in model.contexts] == [(1, 1, 2), (1, 2, 2), (1, 3, 2), (1, 3, 2)]
+    assert model.contexts[0][1] is None
+    for solve in (1, 2, 3):
+        z_context, context_actions = model.contexts[solve]
+        earlier = z_context.shape[1] - 1
+        steps = FRAMESKIP * np.arange(solve - earlier, solve + 1)
+        np.testing.assert_array_equal(z_context[0].numpy(), np.clip(np.rint(positions[steps]), 0, 255))
+        executed = np.array(env.executed[steps[0]: steps[-1]]).reshape(1, earlier, -1)
+        np.testing.assert_allclose(context_actions.numpy(), STATS.normalize(executed), rtol=1e-6)
+
+
+def test_plan_context_needs_every_step_observed_and_a_model_that_reads_it() -> None:
+    agent = LatentMPCAgent(PointWorldModel(), dataclasses.replace(META, history=2),
+                           changed(SMALL, context_frames=2), seed=0)
+    agent.start({"pixels": np.zeros((4, 4, 3), np.uint8)})
+    agent.act({"pixels": np.zeros((4, 4, 3), np.uint8)})
+    with pytest.raises(RuntimeError, match="must observe"):
+        agent.act({"pixels": np.ones((4, 4, 3), np.uint8)})
+    with pytest.raises(ValueError, match=r"context_frames must be in \[1, 1\]"):
+        LatentMPCAgent(PointWorldModel(), META, changed(SMALL, context_frames=2), seed=0)
+    with pytest.raises(ConfigError, match=r"plan\.context_frames"):
+        load_params(overrides=["plan.context_frames=0"])
 
 
 def test_mpc_executes_the_first_receding_blocks_denormalised_and_clipped() -> None:
@@ -380,7 +429,8 @@ class PatchPointModel(PointWorldModel):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return super().encode(pixels)[..., None]
 
-    def rollout(self, z_context: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    def rollout(self, z_context: torch.Tensor, blocks: torch.Tensor,
+                context_actions: torch.Tensor | None = None) -> torch.Tensor:
         return super().rollout(z_context, blocks)[..., None]
 
 

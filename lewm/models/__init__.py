@@ -41,13 +41,17 @@ class WorldModel(Protocol):
         """Teacher-forced next latents: `(B, T ≤ history, *latent)` and `(B, T, block_dim)` →
         `(B, T, *latent)`, output t being the prediction of latent t + 1."""
 
-    def rollout(self, z_context: Tensor, action_blocks: Tensor) -> Tensor:
+    def rollout(self, z_context: Tensor, action_blocks: Tensor, context_actions: Tensor | None = None
+                ) -> Tensor:
         """Autoregressive imagination from observed latents `(1 or B, [C,] *latent)` under action blocks
-        `(B, H, block_dim)` → the H imagined latents `(B, H, *latent)`."""
+        `(B, H, block_dim)` → the H imagined latents `(B, H, *latent)`; with C > 1 observed frames,
+        `context_actions` `(1 or B, C−1, block_dim)` are the blocks executed between them."""
 
-    def planning_cost(self, z_context: Tensor, z_goal: Tensor) -> CostFn:
-        """The cost a solver minimises to reach the goal latent `z_goal` from `z_context`; differentiable in
-        the candidates when called with autograd on (the caller picks the autograd mode)."""
+    def planning_cost(self, z_context: Tensor, z_goal: Tensor, context_actions: Tensor | None = None
+                      ) -> CostFn:
+        """The cost a solver minimises to reach the goal latent `z_goal` from `z_context` (and, for several
+        observed frames, the `context_actions` between them, as in `rollout`); differentiable in the
+        candidates when called with autograd on (the caller picks the autograd mode)."""
 
     def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """The training loss of a batch of clips (lewm/data/clips.py): `total` (what is minimised) and the
@@ -58,15 +62,25 @@ class WorldModel(Protocol):
         """Parameter counts per part, and `total`."""
 
 
-def goal_distance_cost(model: WorldModel, z_context: Tensor, z_goal: Tensor) -> CostFn:
+def check_context_frames(context_frames: int, history: int) -> None:
+    """Refuse a rollout context the predictor cannot read: 1 to its `history` observed frames."""
+    if not 1 <= context_frames <= history:
+        raise ValueError(f"context_frames must be in [1, {history}] (the model's history), "
+                         f"got {context_frames}")
+
+
+def goal_distance_cost(model: WorldModel, z_context: Tensor, z_goal: Tensor,
+                       context_actions: Tensor | None = None) -> CostFn:
     """Cost of candidate blocks: squared distance, summed over every latent axis, between the last latent
-    the model imagines from `z_context` and `z_goal` (one frame's latent, with or without a batch axis).
+    the model imagines from `z_context` (with `context_actions`, see `WorldModel.rollout`) and `z_goal`
+    (one frame's latent, with or without a batch axis).
 
     The cost leaves the autograd mode to its caller: `LatentMPCAgent` runs it under `torch.inference_mode()`
     for sampling solvers and with autograd on, differentiable in the candidates, for gradient solvers."""
 
     def cost(candidates: Tensor) -> Tensor:
-        imagined = model.rollout(z_context, candidates)[:, -1].float()  # fp32 costs, also under autocast
+        # fp32 costs, also under autocast
+        imagined = model.rollout(z_context, candidates, context_actions)[:, -1].float()
         goal = z_goal.float().reshape(1, *imagined.shape[1:])
         return (imagined - goal).pow(2).flatten(1).sum(dim=1)
 

@@ -151,15 +151,30 @@ class CausalSelfAttention(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
         self.to_out = nn.Sequential(nn.Linear(heads * head_dim, dim), nn.Dropout(dropout))
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """`mask` (T, T) boolean, True where query t may attend key s; None: token-causal (s ≤ t)."""
+    def forward(self, x: Tensor, mask: Tensor | None = None, past: list[Tensor] | None = None,
+                queries: int | None = None) -> Tensor:
+        """`mask` (T, T) boolean, True where query t may attend key s; None: token-causal (s ≤ t).
+
+        For rollouts (lewm.models.lewm.JEPA.rollout): `past` holds this layer's keys and values of the
+        tokens before `x` ([] at first) and gets x's appended, so earlier tokens are not recomputed;
+        `queries` = n returns the outputs of the last n tokens only (the others are never used)."""
         batch, length, _ = x.shape
         qkv = self.to_qkv(self.norm(x)).reshape(batch, length, 3, self.heads, -1)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, T, head_dim)
+        if past is not None:
+            if past:
+                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            past[:] = [k, v]
+        if queries is not None:
+            q = q[:, :, -queries:]
+        num_queries, num_keys = q.shape[2], k.shape[2]
+        if mask is None and num_queries != num_keys:  # the queries are the last tokens: causal from there
+            mask = torch.ones(num_queries, num_keys, dtype=torch.bool, device=x.device).tril(
+                num_keys - num_queries)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=mask is None
         )
-        return self.to_out(out.transpose(1, 2).reshape(batch, length, -1))
+        return self.to_out(out.transpose(1, 2).reshape(batch, num_queries, -1))
 
 
 class FeedForward(nn.Sequential):
@@ -190,11 +205,17 @@ class AdaLNZeroBlock(nn.Module):
         nn.init.zeros_(self.modulation[1].weight)
         nn.init.zeros_(self.modulation[1].bias)
 
-    def forward(self, x: Tensor, modulation: Tensor) -> Tensor:
-        """`modulation` = `self.modulation(cond)` (B, T, 6·dim), computed by the caller once per token."""
+    def forward(self, x: Tensor, modulation: Tensor, past: list[Tensor] | None = None,
+                queries: int | None = None) -> Tensor:
+        """`modulation` = `self.modulation(cond)` (B, T, 6·dim), computed by the caller once per token;
+        `past` and `queries` as in `CausalSelfAttention` (the output then has the last `queries` tokens)."""
+        keep = slice(-queries, None) if queries is not None else slice(None)
         shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, -1)
-        x = x + gate_attn * self.attn(self.norm_attn(x) * (1 + scale_attn) + shift_attn)
-        return x + gate_mlp * self.mlp(self.norm_mlp(x) * (1 + scale_mlp) + shift_mlp)
+        attended = self.attn(self.norm_attn(x) * (1 + scale_attn) + shift_attn, past=past, queries=queries)
+        x = x[:, keep] + gate_attn[:, keep] * attended
+        return x + gate_mlp[:, keep] * self.mlp(
+            self.norm_mlp(x) * (1 + scale_mlp[:, keep]) + shift_mlp[:, keep]
+        )
 
 
 class Predictor(nn.Module):
@@ -218,15 +239,22 @@ class Predictor(nn.Module):
         on its own action only, so a rollout computes it once per token instead of once per window."""
         return [block.modulation(action_emb) for block in self.blocks]
 
-    def forward(self, z: Tensor, action_emb: Tensor | None = None,
-                modulations: list[Tensor] | None = None) -> Tensor:
+    def forward(self, z: Tensor, action_emb: Tensor | None = None, modulations: list[Tensor] | None = None,
+                past: list[list[Tensor]] | None = None, last_only: bool = False) -> Tensor:
         """Tokens `z` (B, T, D) conditioned on `action_emb` (B, T, D), or on its precomputed
-        `conditioning` sliced to the same T tokens."""
+        `conditioning` sliced to the same T tokens → (B, T, D).
+
+        For rollouts: `past`, one list per block (see `CausalSelfAttention`), caches the keys and values of
+        earlier tokens, which then sit at positions 0 … P−1 before z's; `last_only` computes the last
+        token's output only (B, 1, D): the final block's other queries are skipped."""
         if modulations is None:
             modulations = self.conditioning(action_emb)
-        x = z + self.positions[:, : z.shape[1]]
-        for block, modulation in zip(self.blocks, modulations, strict=True):
-            x = block(x, modulation)
+        offset = past[0][0].shape[2] if past is not None and past[0] else 0
+        x = z + self.positions[:, offset : offset + z.shape[1]]
+        last_block = len(self.blocks) - 1
+        for index, (block, modulation) in enumerate(zip(self.blocks, modulations, strict=True)):
+            x = block(x, modulation, past=None if past is None else past[index],
+                      queries=1 if last_only and index == last_block else None)
         return self.norm(x)
 
 
@@ -293,16 +321,28 @@ class JEPA(nn.Module):
         # token i follows embedding i; its action encoding and AdaLN modulation are computed once here
         modulations = self.predictor.conditioning(self.action_encoder(action_blocks))  # (B, C−1+H, 6D) each
         sequence = list(z_context.expand(batch, -1, -1).unbind(1))
+        # While the window has not slid (end ≤ history) its tokens keep their positions, and causal attention
+        # leaves earlier tokens unchanged: their keys and values are cached and only new tokens computed.
+        # Once it slides every position shifts, so the window is computed whole.
+        past: list[list[Tensor]] = [[] for _ in self.predictor.blocks]
+        cached = 0
         for end in range(num_context, num_context + horizon):
             start = max(0, end - self.history)
-            window = torch.stack(sequence[start:end], dim=1)
-            last = self.predictor(window, modulations=[m[:, start:end] for m in modulations])[:, -1]
+            if start == 0:
+                first, cache = cached, past
+                cached = end
+            else:
+                first, cache = start, None
+            last = self.predictor(torch.stack(sequence[first:end], dim=1),
+                                  modulations=[m[:, first:end] for m in modulations],
+                                  past=cache, last_only=True)[:, -1]
             sequence.append(self.pred_proj(last))
         return torch.stack(sequence[num_context:], dim=1)
 
-    def planning_cost(self, z_context: Tensor, z_goal: Tensor) -> CostFn:
+    def planning_cost(self, z_context: Tensor, z_goal: Tensor, context_actions: Tensor | None = None
+                      ) -> CostFn:
         """Squared distance between the last imagined embedding and the goal's (the reference's cost)."""
-        return goal_distance_cost(self, z_context, z_goal)
+        return goal_distance_cost(self, z_context, z_goal, context_actions)
 
     def embed_and_predict(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The embeddings (B, T, D) of a batch of clips (`pixels` uint8 (B, T, 3, H, W), `actions`
