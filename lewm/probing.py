@@ -104,14 +104,10 @@ class LinearReadout:
             probes[quantity.name] = (quantity, target_scaler, RidgeProbe.fit(x, y, alpha))
         return cls(embedding_scaler, probes)
 
-    def standardised(self, name: str, z: np.ndarray) -> np.ndarray:
-        """Quantity `name`'s TRAIN-standardised targets (N, dims) predicted from embeddings z (N, D)."""
-        return self.probes[name][2].predict(self.embedding_scaler.transform(z))
-
     def read(self, name: str, z: np.ndarray) -> np.ndarray:
         """Quantity `name`'s values (N, dims) in physical units, predicted from embeddings z (N, D)."""
-        target_scaler = self.probes[name][1]
-        return self.standardised(name, z) * target_scaler.std + target_scaler.mean
+        _, target_scaler, probe = self.probes[name]
+        return probe.predict(self.embedding_scaler.transform(z)) * target_scaler.std + target_scaler.mean
 
 
 def fit_mlp_probe(
@@ -241,11 +237,11 @@ def probe_scores(
     x_test = readout.embedding_scaler.transform(test_z)
     rows = []
     for quantity in quantities:
-        target_scaler = readout.probes[quantity.name][1]
+        _, target_scaler, linear_probe = readout.probes[quantity.name]
         y_train = target_scaler.transform(quantity.values(train_states))
         y_test = target_scaler.transform(quantity.values(test_states))
         predictions = {
-            "linear": readout.standardised(quantity.name, test_z),
+            "linear": linear_probe.predict(x_test),
             "mlp": mlp_predict(fit_mlp_probe(x_train, y_train, cfg, device), x_test),
         }
         for probe, y_pred in predictions.items():
