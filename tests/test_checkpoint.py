@@ -15,6 +15,7 @@ from lewm import checkpoint
 from lewm.checkpoint import CheckpointMismatchError, check_settings, load_model, model_meta, save_checkpoint
 from lewm.config import load_params, mapping_differences
 from lewm.data.clips import ActionStats
+from lewm.data.storage import EpisodeRecord, EpisodeStore, write_dataset
 from lewm.train import train
 from pipelines._stage import load_model_and_data
 
@@ -83,6 +84,25 @@ def test_a_refused_resume_names_what_differs(tiny_model, tiny_pusht, tmp_path, c
     outcome = train(changed, "pusht", tiny_pusht, tmp_path, progress=True)
     output = capsys.readouterr().out
     assert f"last.pt: it belongs to another run (train.lr: {params.train.lr!r} → 0.00123)" in output
+    assert outcome.metrics["steps"] == 2  # trained from scratch, not resumed
+
+
+def test_a_checkpoint_trained_on_other_frames_is_not_resumed(tiny_model, tiny_pusht, tmp_path, capsys):
+    """The same generation parameters with other frames (a world's rendering code changed): checkpoints/
+    persists across `dvc repro`, so training must start afresh rather than resume the old data's run."""
+    params = load_params(overrides=[*tiny_model, "train.max_steps=2", "train.checkpoint_every=1"])
+    train(params, "pusht", tiny_pusht, tmp_path / "run", progress=False)
+    store = EpisodeStore.open(tiny_pusht)
+    redrawn = [
+        EpisodeRecord(int(episode), int(seed), 255 - store.frames[rows], store.actions[rows][:-1],
+                      store.states[rows], store.proprio[rows], store.n_contacts[rows][:-1])
+        for episode, seed in store.episodes[["episode", "seed"]].itertuples(index=False)
+        for rows in [store.episode_rows(episode)]
+    ]
+    write_dataset(tmp_path / "redrawn", iter(redrawn), store.manifest)
+    capsys.readouterr()
+    outcome = train(params, "pusht", tmp_path / "redrawn", tmp_path / "run", progress=True)
+    assert "last.pt: it belongs to another run (data: " in capsys.readouterr().out
     assert outcome.metrics["steps"] == 2  # trained from scratch, not resumed
 
 

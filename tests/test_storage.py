@@ -193,3 +193,17 @@ def test_identity_is_the_manifest_hash(dataset: Path) -> None:
     manifest = json.loads((dataset / "manifest.json").read_text())
     (dataset / "manifest.json").write_text(json.dumps({**manifest, "seed": manifest.get("seed", 0) + 1}))
     assert EpisodeStore.open(dataset).identity != identity  # other parameters, other data
+
+
+def test_identity_changes_with_the_data_under_the_same_parameters(tmp_path: Path) -> None:
+    """A world whose rendering changes gives other frames from the same parameters: another identity, so
+    a training checkpoint of the old data is not resumed on the new."""
+    manifest = make_manifest({"train": [0]})
+    episode = make_episode(0, 5)
+    one = EpisodeStore.open(write_dataset(tmp_path / "one", iter([episode]), manifest))
+    again = EpisodeStore.open(write_dataset(tmp_path / "again", iter([make_episode(0, 5)]), manifest))
+    episode.frames = episode.frames.copy()
+    episode.frames[2, 0, 0, 0] ^= 1
+    other = EpisodeStore.open(write_dataset(tmp_path / "other", iter([episode]), manifest))
+    assert one.identity == again.identity != other.identity
+    assert one.manifest["content_sha256"] != other.manifest["content_sha256"]

@@ -109,8 +109,10 @@ class EpisodeStore:
 
     @property
     def identity(self) -> str:
-        """Hash of the manifest this store was opened with (env, policy, seeds, counts, splits): equal for
-        datasets generated from the same parameters, different when any of them changes."""
+        """Hash of the manifest this store was opened with (env, policy, seeds, counts, splits and the
+        writer's `content_sha256` of every frame, action, state and contact count): equal for identical
+        datasets, different when the parameters or the data change (e.g. a world's rendering code changes
+        the frames of the same parameters: a training checkpoint of the old frames is then not resumed)."""
         return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
@@ -231,7 +233,9 @@ def write_dataset(target: str | Path, episodes: Iterable[EpisodeRecord], manifes
     """Stream `episodes` into a new dataset at `target`, atomically, and return `target`.
 
     `manifest` must hold `splits` (every written episode exactly once), `state_names`, `proprio_names` and
-    `action_dim`; the writer adds the counts, `image_size`, `contact_fraction` and `format_version`.
+    `action_dim`; the writer adds the counts, `image_size`, `contact_fraction`, `content_sha256` (of the
+    episodes' frames, actions, states, proprioception and contact counts in writing order) and
+    `format_version`.
     Nothing about the run (time, host, worker count) goes in: the same parameters give byte-identical
     datasets, so DVC's hash and `EpisodeStore.identity` depend on the data only. On any error or
     interruption nothing appears at `target` and an existing dataset there is kept.
@@ -254,6 +258,7 @@ def _write_episodes(directory: Path, episodes: Iterable[EpisodeRecord], manifest
     columns = _StepColumns(manifest["action_dim"], manifest["state_names"], manifest["proprio_names"])
     episode_rows: list[dict[str, Any]] = []
     steps = contact_steps = 0
+    content = hashlib.sha256()
     with _FramesWriter(directory / FRAMES) as frames, _StepsWriter(directory / STEPS) as step_rows:
         for record in episodes:
             columns.check(record)
@@ -271,6 +276,8 @@ def _write_episodes(directory: Path, episodes: Iterable[EpisodeRecord], manifest
             )
             frames.append(record.frames)
             step_rows.append(columns.table(record))
+            for array in (record.frames, record.actions, record.states, record.proprio, record.n_contacts):
+                content.update(np.ascontiguousarray(array).tobytes())
             steps += record.length - 1
             contact_steps += int(np.count_nonzero(record.n_contacts > 0))
     if split_of:
@@ -282,6 +289,7 @@ def _write_episodes(directory: Path, episodes: Iterable[EpisodeRecord], manifest
         "frames": frames.count,
         "image_size": frames.image_size,
         "contact_fraction": contact_steps / max(steps, 1),
+        "content_sha256": content.hexdigest(),
     }
 
 
