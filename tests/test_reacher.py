@@ -83,10 +83,22 @@ def test_scene_has_the_dm_control_reacher_facts():
     np.testing.assert_allclose(model.actuator_ctrlrange, [[-1, 1], [-1, 1]])
     np.testing.assert_allclose(model.geom("arm").size[:2], [0.01, 0.06])  # radius, half-length
     np.testing.assert_allclose(model.geom("hand").size[:2], [0.01, 0.05])
-    np.testing.assert_allclose(data.camera("fixed").xpos, [0.0, 0.0, 0.75])
+    np.testing.assert_allclose(data.camera("fixed").xpos, [0.0, 0.0, reacher.CAMERA_HEIGHT])
     np.testing.assert_allclose(data.camera("fixed").xmat.reshape(3, 3), np.eye(3))  # looking straight down
     np.testing.assert_allclose(data.geom("finger").xpos[:2], [0.24, 0.0])
     assert "target" not in [model.geom(i).name for i in range(model.ngeom)]  # goals are configurations
+
+
+def test_the_drawn_links_are_massless_and_the_physical_ones_hidden():
+    """The thick visual geoms change what the camera sees, not the dynamics: each body's mass is its
+    physical geom's at MuJoCo's default density 1000, and only the visual geoms are in a drawn group."""
+    model, _ = scene(np.zeros(2))
+    ball, finger = (4 / 3 * np.pi * radius**3 for radius in (reacher.LINK_RADIUS, reacher.FINGER_RADIUS))
+    cylinder = np.pi * reacher.LINK_RADIUS**2 * np.array([reacher.ARM_LENGTH, 0.1])
+    np.testing.assert_allclose([model.body(name).mass[0] for name in ("arm", "hand", "finger")],
+                               1000 * np.array([*(cylinder + ball), finger]))
+    assert {model.geom(name).group[0] for name in ("arm", "hand", "finger")} == {3}  # not drawn by default
+    assert {model.geom(name).group[0] for name in reacher.ARM_GEOMS} == {0}
 
 
 def test_one_env_step_is_two_physics_steps_with_the_action_as_control(make):
