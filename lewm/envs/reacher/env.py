@@ -4,19 +4,21 @@ The scene follows the facts of the dm_control suite `reacher` (the reference wra
 `qpos_match`), written here as our own MJCF: timestep 0.02 s with contacts disabled; an arm capsule 0.12 m
 and a hand capsule 0.1 m (radius 0.01) with the fingertip sphere 0.12 m past the wrist; an unlimited
 shoulder hinge and a wrist hinge limited to ±160°, both with damping 0.01; two motors with gear 0.05 and
-controls in [−1, 1]; an arena of ±0.3 m seen by a fixed top-down camera. One env step
+controls in [−1, 1]; a fixed top-down camera. One env step
 is `ACTION_REPEAT` = 2 physics steps (0.04 s), as the reference's wrapper.
 
 Deliberate differences from the reference:
 - No target is drawn: a goal is a joint configuration, and its goal image is the arm in that configuration.
 - A flat floor and plain colours instead of the checker texture, skybox and reflections, with shadows,
   reflection and skybox switched off (5–10× faster on a CPU renderer; spec §3).
-- What the camera sees is drawn for 64 px: the camera frames the arm's reach (±0.28 m, not the whole
-  arena), and the links are drawn by massless visual capsules twice as thick as the physical ones (radius
-  0.02 m, about 5 px), the arm orange, the hand green and the fingertip yellow on a dark blue-grey floor.
-  With the reference's thin single-colour links (about 2 px wide at 64 px) a trained encoder did not
-  encode the wrist angle (linear readout error 0.68 rad against 0.76 for no information). The physical
-  geoms are the reference's, hidden (geom group 3), so the dynamics are unchanged bit for bit.
+- What the camera sees is drawn for 64 px: the camera frames the arm's reach (±0.28 m; the reference's
+  ±0.3 m arena walls and root post are left out, as contacts are off and they would be out of view or
+  under the arm), and the links are drawn by massless visual capsules twice as thick as the physical ones
+  (radius 0.02 m, about 5 px), the arm orange, the hand green and the fingertip yellow on a dark
+  blue-grey floor. With the reference's thin single-colour links (about 2 px wide at 64 px) a trained
+  encoder did not encode the wrist angle (linear readout error 0.68 rad against 0.76 for no
+  information). The physical geoms are the reference's, hidden (geom group 3), so the dynamics are
+  unchanged bit for bit.
 - `reference` compares angles WRAPPED to (−π, π] (the upstream check subtracts raw qpos, which fails a
   shoulder at π − ε against a goal at −π + ε although the arm is in the same place).
 - The wrist limit is MuJoCo's default soft constraint, as in dm_control: a swinging hand overshoots it
@@ -48,7 +50,6 @@ HAND_LENGTH = 0.12  # wrist to the fingertip's centre (the hand capsule itself i
 LINK_RADIUS = 0.01
 FINGER_RADIUS = 0.01
 WRIST_LIMIT = math.radians(160.0)
-ARENA_HALF_SIZE = 0.3  # the decoration walls, out of view
 CAMERA_HEIGHT = 0.68  # MuJoCo's default 45° field of view then sees ±0.28 m at floor level: the arm's reach
 VISUAL_LINK_RADIUS = 0.02  # what is drawn; the physics keeps LINK_RADIUS and FINGER_RADIUS
 VISUAL_FINGER_RADIUS = 0.022  # just above the hand capsule's end, so the fingertip is drawn on top
@@ -62,7 +63,6 @@ FLOOR_COLOR = (31, 41, 56)  # dark blue-grey
 ARM_COLOR = (242, 153, 64)  # orange: the upper link
 HAND_COLOR = (90, 210, 110)  # green: the lower link, so the wrist's bend shows
 FINGER_COLOR = (255, 230, 102)  # yellow
-DECORATION_COLOR = (77, 128, 179)  # the root post and the arena walls
 ARM_GEOMS = ("arm_visual", "hand_visual", "finger_visual")  # what is drawn and `set_arm_color` recolours
 
 
@@ -71,8 +71,6 @@ def _rgba(rgb: tuple[int, int, int]) -> str:
     return " ".join(f"{c / 255:.4f}" for c in rgb) + " 1"
 
 
-_DECORATION = _rgba(DECORATION_COLOR)
-_ARENA = ARENA_HALF_SIZE
 MJCF = f"""
 <mujoco model="two-link planar reacher">
   <option timestep="{TIMESTEP}">
@@ -90,15 +88,6 @@ MJCF = f"""
     <light name="light" pos="0 0 1" dir="0 0 -1" directional="true" diffuse=".4 .4 .4" specular="0 0 0"/>
     <camera name="fixed" pos="0 0 {CAMERA_HEIGHT}" quat="1 0 0 0"/>
     <geom name="ground" type="plane" size=".4 .4 .4" rgba="{_rgba(FLOOR_COLOR)}"/>
-    <geom name="wall_x" type="plane" pos="-{_ARENA} 0 .02" zaxis="1 0 0" size=".02 {_ARENA} .02"
-          rgba="{_DECORATION}"/>
-    <geom name="wall_y" type="plane" pos="0 -{_ARENA} .02" zaxis="0 1 0" size="{_ARENA} .02 .02"
-          rgba="{_DECORATION}"/>
-    <geom name="wall_neg_x" type="plane" pos="{_ARENA} 0 .02" zaxis="-1 0 0" size=".02 {_ARENA} .02"
-          rgba="{_DECORATION}"/>
-    <geom name="wall_neg_y" type="plane" pos="0 {_ARENA} .02" zaxis="0 -1 0" size="{_ARENA} .02 .02"
-          rgba="{_DECORATION}"/>
-    <geom name="root" type="cylinder" fromto="0 0 0 0 0 .02" size=".011" rgba="{_DECORATION}"/>
     <body name="arm" pos="0 0 .01">
       <geom name="arm" type="capsule" fromto="0 0 0 {ARM_LENGTH} 0 0" size="{LINK_RADIUS}" group="3"/>
       <geom name="arm_visual" type="capsule" fromto="0 0 0 {ARM_LENGTH} 0 0" size="{VISUAL_LINK_RADIUS}"
