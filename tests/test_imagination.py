@@ -19,6 +19,7 @@ from lewm.checkpoint import model_meta, save_checkpoint
 from lewm.data.clips import ActionStats
 from lewm.data.generate import generate_dataset
 from lewm.data.storage import EpisodeStore
+from lewm.envs import get_world
 from lewm.imagination import (
     LATENT,
     READINGS,
@@ -183,3 +184,21 @@ def test_context_frames_bench_compares_contexts_on_the_same_starts(tiny_run, tmp
     bad = subprocess.run([*command, "--contexts", "1", str(meta.history + 1)], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode != 0 and "context_frames must be in [1, 3]" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_cost_attribution_bench_relates_the_cost_to_every_probed_quantity(tiny_run, tmp_path):
+    data, model_path, _ = tiny_run
+    script = Path(__file__).resolve().parents[1] / "bench" / "cost_attribution.py"
+    command = [sys.executable, str(script), "--env", "pusht", "--model", str(model_path), "--data", str(data),
+               "--out", str(tmp_path / "out")]
+    done = subprocess.run([*command, "--pairs", "200"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "out" / "cost_attribution.json").read_text())
+    names = [quantity.name for quantity in get_world("pusht").probe_targets]
+    assert summary["pairs"] == 200
+    assert set(summary) == {"pairs", "all.r2"} | {f"{n}.{s}" for n in names for s in ("spearman", "r2")}
+    assert all(-1 <= summary[f"{n}.spearman"] <= 1 and 0 <= summary[f"{n}.r2"] <= 1 for n in names)
+    # least squares on every quantity together fits at least as well as on any one of them
+    assert summary["all.r2"] >= max(summary[f"{n}.r2"] for n in names) - 1e-9
+    bad = subprocess.run([*command, "--pairs", "3"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--pairs must be at least 10" in bad.stderr
