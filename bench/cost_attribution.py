@@ -18,15 +18,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
 from sklearn.linear_model import LinearRegression
 
 from lewm.checkpoint import load_model
 from lewm.data.storage import EpisodeStore
 from lewm.envs import get_world
-from lewm.imagination import quantity_error
+from lewm.imagination import quantity_error, rank_correlation
 from lewm.io import write_json
-from lewm.probing import encode_frames
+from lewm.probing import encode_frames, split_rows
 
 
 def attribute(env: str, model_path: Path, data_dir: Path, pairs: int, seed: int = 0) -> dict[str, float]:
@@ -35,8 +34,7 @@ def attribute(env: str, model_path: Path, data_dir: Path, pairs: int, seed: int 
     model = load_model(model_path, "cpu").model
     store = EpisodeStore.open(data_dir)
     rng = np.random.default_rng(seed)
-    rows = np.concatenate([np.arange(store.episode_rows(e).start, store.episode_rows(e).stop)
-                           for e in store.episode_ids("test")])
+    rows = split_rows(store, "test", len(store))  # every test frame
     frames = np.unique(rng.choice(rows, size=min(len(rows), 2 * pairs), replace=False))
     latents = encode_frames(model, store.frames, rows=frames).reshape(len(frames), -1).numpy()
     states = store.states[frames]
@@ -46,7 +44,7 @@ def attribute(env: str, model_path: Path, data_dir: Path, pairs: int, seed: int 
                  for q in get_world(env).probe_targets}
     summary: dict[str, float] = {"pairs": float(pairs)}
     for name, distance in distances.items():
-        summary[f"{name}.spearman"] = float(spearmanr(distance, latent_distance).statistic)
+        summary[f"{name}.spearman"] = rank_correlation(latent_distance, distance)
         summary[f"{name}.r2"] = linear_r2(distance[:, None], latent_distance)
     summary["all.r2"] = linear_r2(np.stack(list(distances.values()), axis=1), latent_distance)
     return summary
