@@ -53,16 +53,6 @@ def quaternion_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                      aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw])
 
 
-def rollout(environment: CubeEnv, seed: int, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    obs, _ = environment.reset(seed=seed)
-    frames, states = [obs["pixels"]], [obs["state"]]
-    for action in actions:
-        obs, *_ = environment.step(action)
-        frames.append(obs["pixels"])
-        states.append(obs["state"])
-    return np.stack(frames), np.stack(states)
-
-
 def expert_episode(environment: CubeEnv, seed: int, steps: int, action_noise: float = 0.0,
                    **options: float) -> tuple[CubeExpert, list[dict[str, np.ndarray]]]:
     """Run the expert from `reset(seed)`; the observations (steps + 1) and the policy."""
@@ -77,22 +67,6 @@ def expert_episode(environment: CubeEnv, seed: int, steps: int, action_noise: fl
 
 
 # ------------------------------------------------------------------------------- determinism and layout
-
-
-def test_same_seed_gives_identical_frames_and_states_and_other_seeds_differ(env):
-    actions = np.random.default_rng(0).uniform(-1, 1, (12, 5))
-    frames_a, states_a = rollout(env, 7, actions)
-    rollout(env, 3, actions)  # an episode in between must not leak into the next one
-    frames_b, states_b = rollout(env, 7, actions)
-    fresh = CubeEnv()
-    frames_c, states_c = rollout(fresh, 7, actions)
-    fresh.close()
-    for frames, states in ((frames_b, states_b), (frames_c, states_c)):
-        np.testing.assert_array_equal(frames, frames_a)
-        np.testing.assert_array_equal(states, states_a)
-    frames_d, states_d = rollout(env, 8, actions)
-    assert not np.array_equal(states_d[0], states_a[0])
-    assert not np.array_equal(frames_d[0], frames_a[0])
 
 
 def test_observation_layout_matches_names_and_spaces(env):

@@ -22,31 +22,6 @@ from lewm.envs.pusht.env import (
 GOAL = np.array([100.0, 100.0, 200.0, 200.0, 0.05, 0.0, 0.0])
 
 
-def rollout(env: PushTEnv, seed: int, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    obs, _ = env.reset(seed=seed)
-    frames, states = [obs["pixels"]], [obs["state"]]
-    for action in actions:
-        obs, *_ = env.step(action)
-        frames.append(obs["pixels"])
-        states.append(obs["state"])
-    return np.stack(frames), np.stack(states)
-
-
-def test_same_seed_gives_identical_frames_and_states_and_other_seeds_differ():
-    actions = np.random.default_rng(0).uniform(-1, 1, (20, 2))
-    env = PushTEnv()
-    frames_a, states_a = rollout(env, 7, actions)
-    rollout(env, 3, actions)  # an episode in between must not leak into the next one
-    frames_b, states_b = rollout(env, 7, actions)
-    frames_c, states_c = rollout(PushTEnv(), 7, actions)
-    for frames, states in ((frames_b, states_b), (frames_c, states_c)):
-        np.testing.assert_array_equal(frames, frames_a)
-        np.testing.assert_array_equal(states, states_a)
-    frames_d, states_d = rollout(env, 8, actions)
-    assert not np.array_equal(states_d[0], states_a[0])
-    assert not np.array_equal(frames_d[0], frames_a[0])
-
-
 def test_reset_draws_states_in_the_documented_ranges_with_the_block_inside_the_walls():
     env = PushTEnv()
     for seed in range(30):
