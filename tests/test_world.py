@@ -59,6 +59,25 @@ def test_pusht_headline_is_one_of_its_predicates() -> None:
     assert PUSHT.headline == "reference" and PUSHT.headline in PUSHT.predicates
 
 
+def test_pusht_success_vectorised_agrees_with_per_state_calls() -> None:
+    rng = np.random.default_rng(0)
+    # States scattered around the goal so that both outcomes occur for every predicate.
+    states = GOAL + rng.normal(0.0, [12.0, 12.0, 12.0, 12.0, 0.3, 50.0, 50.0], size=(64, 7))
+    goals = GOAL + rng.normal(0.0, 3.0, size=(64, 7))
+    for predicate in PUSHT.predicates:
+        vectorised = PUSHT.success(states, goals, predicate)
+        per_state = [PUSHT.success(state, goal, predicate) for state, goal in zip(states, goals, strict=True)]
+        assert vectorised.dtype == bool and vectorised.shape == (64,)
+        assert all(isinstance(value, bool) for value in per_state)
+        np.testing.assert_array_equal(vectorised, per_state)
+        assert 0 < vectorised.sum() < 64
+        grid = PUSHT.success(states.reshape(8, 8, 7), goals.reshape(8, 8, 7), predicate)
+        np.testing.assert_array_equal(grid, vectorised.reshape(8, 8))
+    # `block` ignores the agent, so it succeeds wherever `reference` does.
+    reference, block = (PUSHT.success(states, goals, p) for p in ("reference", "block"))
+    assert np.all(block[reference])
+
+
 def test_pusht_final_errors_on_a_known_state_goal_pair() -> None:
     state = GOAL.copy()
     state[2:5] = [203.0, 204.0, 2 * math.pi - 0.05]  # 5 px off, 0.1 rad off across the wrap

@@ -14,7 +14,7 @@ import pytest
 from lewm.envs import get_world, world_names
 from lewm.world import World
 
-STEPS = 12
+STEPS = 30  # as long as the longest per-world seed test this replaced (Two-Room's)
 STARTS = 8  # reset states of seeds 0…7, paired each with each: 64 (state, goal) pairs
 
 
@@ -66,7 +66,9 @@ def test_the_same_seed_replays_an_episode_exactly_and_another_seed_does_not(worl
     other = episode(env, 8, actions)
     assert not np.array_equal(other[0]["state"], first[0]["state"])
     assert not np.array_equal(other[0]["pixels"], first[0]["pixels"])
-    assert len({obs["pixels"].tobytes() for obs in first}) > STEPS // 2  # the actions visibly move the scene
+    # the actions visibly move the scene: over two thirds of the frames differ (Reacher's own test asked
+    # more than 10 of 16; Cube's gripper, the slowest to show, changes 23 of 31)
+    assert len({obs["pixels"].tobytes() for obs in first}) > 2 * STEPS // 3
 
 
 def test_observations_match_the_declared_names_and_spaces(world: World, make) -> None:
