@@ -47,6 +47,7 @@ from lewm.data.generate import generate_dataset
 from lewm.data.storage import EpisodeStore
 from lewm.envs import get_world
 from lewm.io import write_json
+from lewm.models import CostFn, goal_distance_cost
 from lewm.planning import LatentMPCAgent
 from lewm.runtime import autocast, native_bf16, resolve_precision
 from lewm.train import StepBatchSampler
@@ -229,16 +230,15 @@ class ReferenceModel(torch.nn.Module):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode(pixels)
 
-    def planning_cost(self, z_context: torch.Tensor, z_goal: torch.Tensor,
-                      context_actions: torch.Tensor | None = None) -> Callable:
+    def rollout(self, z_context: torch.Tensor, action_blocks: torch.Tensor,
+                context_actions: torch.Tensor | None = None) -> torch.Tensor:
         if context_actions is not None:
             raise ValueError("the reference loop plans from one observed frame (plan.context_frames: 1)")
+        return reference_rollout(self.model, z_context, action_blocks)
 
-        def cost(candidates: torch.Tensor) -> torch.Tensor:  # the agent picks the autograd mode
-            imagined = reference_rollout(self.model, z_context, candidates)[:, -1]
-            return (imagined - z_goal.reshape(1, -1)).pow(2).sum(dim=1)
-
-        return cost
+    def planning_cost(self, z_context: torch.Tensor, z_goal: torch.Tensor,
+                      context_actions: torch.Tensor | None = None, steps: str = "last") -> CostFn:
+        return goal_distance_cost(self, z_context, z_goal, context_actions, steps)
 
 
 def solve_seconds(model: torch.nn.Module, meta: ModelMeta, params: Params, iterations: int, precision: str,

@@ -31,6 +31,7 @@ from lewm.parts import MODELS, SOLVERS, part_module, part_names
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PRECISIONS = ("auto", "bf16", "fp32")  # train.precision, plan.precision (lewm.runtime.autocast)
+PLAN_COSTS = ("last", "every_step")  # plan.cost (lewm.models.goal_distance_cost)
 DEFAULT_PARAMS_PATH = PROJECT_ROOT / "params.yaml"
 
 
@@ -106,6 +107,9 @@ class PlanConfig:
     seed: int
     precision: str  # auto | bf16 | fp32, as train.precision (encoding and rollouts of a solve)
     context_frames: int  # observed frames a solve starts from: the current one and those 1 … blocks earlier
+    # the imagined latents the goal distance scores (lewm.models.goal_distance_cost): the horizon's `last`
+    # (the reference) or the sum over `every_step`; the simulator oracle scores the state its plan reaches
+    cost: str
     settings: Any
 
 
@@ -408,7 +412,9 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
                                     "checkpoint_every": 1, "log_every": 1, "val_every": 1, "val_batches": 1,
                                     "plan_eval_every": 0, "plan_eval_episodes": 1, "num_workers": 0},
                    strict=("lr",))
-    check_minimums(plan, "plan", {"context_frames": 1})
+    check_minimums(plan, "plan", {"horizon": 1, "receding": 1, "context_frames": 1})
+    if plan.cost not in PLAN_COSTS:
+        raise ConfigError(f"plan.cost: {plan.cost!r} is not one of {', '.join(PLAN_COSTS)}")
     if train.max_steps == 0 and train.epochs == 0:
         raise ConfigError("train.max_steps and train.epochs: both 0, nothing would train")
     decoder = build_section(DecoderConfig, merged.get("decoder"), "decoder")

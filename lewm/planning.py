@@ -126,7 +126,8 @@ class LatentMPCAgent:
         else:
             grad_mode = torch.inference_mode()
         with grad_mode, autocast(self.device, self.precision):
-            result = self.solver.solve(self.model.planning_cost(z_context, z_goal, context_actions))
+            cost = self.model.planning_cost(z_context, z_goal, context_actions, self.plan_cfg.cost)
+            result = self.solver.solve(cost)
         blocks = result.plan[: self.plan_cfg.receding].cpu()
         self.solve_times.append(time.perf_counter() - started)
         if self.imagine:

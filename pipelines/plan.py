@@ -62,10 +62,12 @@ def plan_stage(
 
 
 def solver_settings(plan_cfg: PlanConfig) -> dict[str, float]:
-    """The solver's numeric settings as `<solver>_<key>` (e.g. `cem_iterations`), kept beside the results
-    they produced."""
-    return {f"{plan_cfg.solver}_{key}": value for key, value in section_mapping(plan_cfg.settings).items()
-            if isinstance(value, int | float) and not isinstance(value, bool)}
+    """The MPC loop's settings (`plan_horizon`, `plan_receding`, `plan_every_step_cost` 1/0) and the solver's
+    numeric ones as `<solver>_<key>` (e.g. `cem_iterations`), kept beside the results they produced."""
+    return {"plan_horizon": plan_cfg.horizon, "plan_receding": plan_cfg.receding,
+            "plan_every_step_cost": float(plan_cfg.cost == "every_step"),
+            **{f"{plan_cfg.solver}_{key}": value for key, value in section_mapping(plan_cfg.settings).items()
+               if isinstance(value, int | float) and not isinstance(value, bool)}}
 
 
 def describe(summary: dict[str, float]) -> str:

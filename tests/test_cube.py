@@ -495,7 +495,7 @@ BESIDE = make_state(hand=(0.425, -0.075, 0.02))
 def test_the_simulator_oracle_reaches_a_goal_that_standing_still_does_not():
     """The cube 6 cm along +y from where the hand stands beside it: the oracle (CEM on the true simulator,
     tiny settings) pushes it within 4 cm in a few steps; the zero action leaves it where it is."""
-    plan = PlanConfig("cem", horizon=1, receding=1, seed=0, precision="fp32", context_frames=1,
+    plan = PlanConfig("cem", cost="last", horizon=1, receding=1, seed=0, precision="fp32", context_frames=1,
                       settings=cem.Config(samples=64, elites=8, iterations=3, init_std=1.0, warm_start=True))
     oracle = SimulatorOracleAgent(WORLD, {"image_size": 16}, ActionStats(mean=np.zeros(5), std=np.ones(5)),
                                   5, 5, plan, seed=0)

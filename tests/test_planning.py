@@ -196,6 +196,8 @@ def test_make_solver_rejects_an_unknown_solver_naming_the_known_ones() -> None:
     ("plan.cem.sample=10", "plan.cem.sample"),
     ("plan.samples=10", "plan.samples"),  # CEM settings moved under plan.cem
     ("plan.cem.warm_start=maybe", "plan.cem.warm_start"),
+    ("plan.cost=first", "plan.cost"),
+    ("plan.receding=0", "plan.receding"),
 ])
 def test_bad_plan_parameters_fail_at_load_naming_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -225,6 +227,38 @@ def test_latent_goal_cost_is_the_summed_squared_distance_of_the_last_imagined_em
     (grad,) = torch.autograd.grad(model.planning_cost(z_context, z_goal)(candidates).sum(), candidates)
     assert grad.shape == candidates.shape  # zero here: at init AdaLN-zero ignores the actions
     assert all(p.grad is None for p in model.parameters())
+
+
+class Integrator(torch.nn.Module):
+    """A world model whose latent is a point moved by each action block: z_{h+1} = z_h + block."""
+
+    def rollout(self, z_context: torch.Tensor, blocks: torch.Tensor,
+                context_actions: torch.Tensor | None = None) -> torch.Tensor:
+        return z_context.reshape(1, 1, -1) + blocks.cumsum(dim=1)
+
+
+def test_every_step_cost_sums_the_goal_distance_over_the_imagined_steps() -> None:
+    model, z_context, z_goal = Integrator(), torch.tensor([[0.0, 0.0]]), torch.tensor([3.0, -1.0])
+    candidates = torch.randn(6, 4, 2, generator=seeded(0))
+    imagined = candidates.cumsum(dim=1)
+    every_step = goal_distance_cost(model, z_context, z_goal, steps="every_step")
+    torch.testing.assert_close(every_step(candidates), (imagined - z_goal).pow(2).sum(dim=(1, 2)))
+    torch.testing.assert_close(goal_distance_cost(model, z_context, z_goal)(candidates),
+                               (imagined[:, -1] - z_goal).pow(2).sum(dim=1))
+    one_block = candidates[:, :1]  # a one-block horizon: both costs are the reference's
+    torch.testing.assert_close(every_step(one_block), goal_distance_cost(model, z_context, z_goal)(one_block))
+    with pytest.raises(ValueError, match="steps"):
+        goal_distance_cost(model, z_context, z_goal, steps="first")
+
+
+def test_cem_on_the_every_step_cost_arrives_in_the_first_block_and_stays() -> None:
+    """The last-step cost is indifferent to when the goal is reached; the every-step cost is not."""
+    model, z_context, z_goal = Integrator(), torch.zeros(1, 2), torch.tensor([[1.5, -0.5]])
+    cfg = cem.Config(samples=300, elites=30, iterations=30, init_std=1.0, warm_start=False)
+    cost = goal_distance_cost(model, z_context, z_goal, steps="every_step")
+    plan = cem_plan(cost, cfg, horizon=3, block_dim=2, generator=seeded(0)).plan
+    torch.testing.assert_close(plan[0], z_goal[0], atol=0.05, rtol=0)
+    torch.testing.assert_close(plan[1:], torch.zeros(2, 2), atol=0.05, rtol=0)
 
 
 class TokenModel(torch.nn.Module):
@@ -338,13 +372,14 @@ class PointWorldModel(torch.nn.Module):
         return z_context.reshape(1, -1, 2)[:, -1:] + STEP_SIZE * raw.sum(dim=2).cumsum(dim=1)
 
     def planning_cost(self, z_context: torch.Tensor, z_goal: torch.Tensor,
-                      context_actions: torch.Tensor | None = None) -> CostFn:
-        return goal_distance_cost(self, z_context, z_goal, context_actions)
+                      context_actions: torch.Tensor | None = None, steps: str = "last") -> CostFn:
+        return goal_distance_cost(self, z_context, z_goal, context_actions, steps)
 
 
-def test_mpc_reaches_the_goal_and_stops_once_every_predicate_held() -> None:
+@pytest.mark.parametrize("cost", ["last", "every_step"])
+def test_mpc_reaches_the_goal_and_stops_once_every_predicate_held(cost: str) -> None:
     env, start, goal = PointEnv(), np.array([20.0, 20.0]), np.array([42.0, 31.0])
-    agent = LatentMPCAgent(PointWorldModel(), META, SMALL, seed=0)
+    agent = LatentMPCAgent(PointWorldModel(), META, changed(SMALL, cost=cost), seed=0)
     goal_pixels = PointEnv().set_state(goal)["pixels"]
     result = run_episode(env, agent, start, goal, goal_pixels, budget=40, predicates=PREDICATES,
                          success_fn=success)
@@ -364,9 +399,9 @@ class ContextRecordingModel(PointWorldModel):
         self.contexts: list[tuple[torch.Tensor, torch.Tensor | None]] = []
 
     def planning_cost(self, z_context: torch.Tensor, z_goal: torch.Tensor,
-                      context_actions: torch.Tensor | None = None) -> CostFn:
+                      context_actions: torch.Tensor | None = None, steps: str = "last") -> CostFn:
         self.contexts.append((z_context.clone(), context_actions))
-        return super().planning_cost(z_context, z_goal, context_actions)
+        return super().planning_cost(z_context, z_goal, context_actions, steps)
 
 
 def test_plan_context_holds_the_frames_and_blocks_before_the_current_frame() -> None:

@@ -541,7 +541,7 @@ def test_state_cost_is_the_reference_predicate_in_units_of_its_tolerance():
 def test_the_simulator_oracle_reaches_a_goal_that_standing_still_does_not(make):
     """Both joints 0.3 rad away: the oracle (CEM on the true simulator, tiny settings) gets both within
     0.05 rad in a few steps; the zero action leaves the arm at rest."""
-    plan = PlanConfig("cem", horizon=1, receding=1, seed=0, precision="fp32", context_frames=1,
+    plan = PlanConfig("cem", cost="last", horizon=1, receding=1, seed=0, precision="fp32", context_frames=1,
                       settings=cem.Config(samples=128, elites=8, iterations=4, init_std=1.0, warm_start=True))
     oracle = SimulatorOracleAgent(WORLD, {"image_size": 16}, ActionStats(mean=np.zeros(2), std=np.ones(2)),
                                   2, 5, plan, seed=0)

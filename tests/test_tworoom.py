@@ -510,7 +510,7 @@ def test_state_cost_is_the_reference_predicate_in_units_of_its_tolerance():
 def test_the_simulator_oracle_reaches_a_goal_that_standing_still_does_not():
     """36 px away in the same room: the oracle (CEM on the true dynamics, tiny settings) gets within 16 px
     in a few steps; the zero action stays put."""
-    plan = PlanConfig("cem", horizon=2, receding=1, seed=0, precision="fp32", context_frames=1,
+    plan = PlanConfig("cem", cost="last", horizon=2, receding=1, seed=0, precision="fp32", context_frames=1,
                       settings=cem.Config(samples=64, elites=8, iterations=3, init_std=1.0, warm_start=True))
     stats = ActionStats(mean=np.zeros(2), std=np.ones(2))
     oracle = SimulatorOracleAgent(WORLD, {"image_size": 16}, stats, 2, 5, plan, seed=0)

@@ -14,6 +14,8 @@ from typing import Protocol
 
 from torch import Tensor
 
+from lewm.config import PLAN_COSTS
+
 CostFn = Callable[[Tensor], Tensor]
 """Maps candidate action blocks `(S, H, block_dim)` to costs `(S,)`; lower is better."""
 
@@ -47,11 +49,12 @@ class WorldModel(Protocol):
         `(B, H, block_dim)` → the H imagined latents `(B, H, *latent)`; with C > 1 observed frames,
         `context_actions` `(1 or B, C−1, block_dim)` are the blocks executed between them."""
 
-    def planning_cost(self, z_context: Tensor, z_goal: Tensor, context_actions: Tensor | None = None
-                      ) -> CostFn:
+    def planning_cost(self, z_context: Tensor, z_goal: Tensor, context_actions: Tensor | None = None,
+                      steps: str = "last") -> CostFn:
         """The cost a solver minimises to reach the goal latent `z_goal` from `z_context` (and, for several
-        observed frames, the `context_actions` between them, as in `rollout`); differentiable in the
-        candidates when called with autograd on (the caller picks the autograd mode)."""
+        observed frames, the `context_actions` between them, as in `rollout`), scoring the imagined
+        latents `steps` names (`plan.cost`: `last` or `every_step`, see `goal_distance_cost`);
+        differentiable in the candidates when called with autograd on (the caller picks the autograd mode)."""
 
     def __call__(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """The training loss of a batch of clips (lewm/data/clips.py): `total` (what is minimised) and the
@@ -70,18 +73,27 @@ def check_context_frames(context_frames: int, history: int) -> None:
 
 
 def goal_distance_cost(model: WorldModel, z_context: Tensor, z_goal: Tensor,
-                       context_actions: Tensor | None = None) -> CostFn:
-    """Cost of candidate blocks: squared distance, summed over every latent axis, between the last latent
-    the model imagines from `z_context` (with `context_actions`, see `WorldModel.rollout`) and `z_goal`
-    (one frame's latent, with or without a batch axis).
+                       context_actions: Tensor | None = None, steps: str = "last") -> CostFn:
+    """Cost of candidate blocks: squared distance, summed over every latent axis, between the latents the
+    model imagines from `z_context` (with `context_actions`, see `WorldModel.rollout`) and `z_goal` (one
+    frame's latent, with or without a batch axis).
+
+    `steps="last"` scores the horizon's last latent only (the reference's cost): a plan may wander as long
+    as it arrives at the end, and after each replan the target moves the horizon on. `steps="every_step"`
+    sums the distance over all H imagined latents, which rewards plans that get close early and stay, what
+    an "ever within tolerance" predicate and replanning after every block reward. For a one-block horizon
+    the two are the same.
 
     The cost leaves the autograd mode to its caller: `LatentMPCAgent` runs it under `torch.inference_mode()`
     for sampling solvers and with autograd on, differentiable in the candidates, for gradient solvers."""
+    if steps not in PLAN_COSTS:
+        raise ValueError(f"steps must be one of {', '.join(PLAN_COSTS)}, got {steps!r}")
 
     def cost(candidates: Tensor) -> Tensor:
-        # fp32 costs, also under autocast
-        imagined = model.rollout(z_context, candidates, context_actions)[:, -1].float()
-        goal = z_goal.float().reshape(1, *imagined.shape[1:])
+        imagined = model.rollout(z_context, candidates, context_actions).float()  # fp32 also under autocast
+        if steps == "last":
+            imagined = imagined[:, -1:]
+        goal = z_goal.float().reshape(1, 1, *imagined.shape[2:])
         return (imagined - goal).pow(2).flatten(1).sum(dim=1)
 
     return cost

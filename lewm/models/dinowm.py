@@ -218,10 +218,10 @@ class DINOWM(nn.Module):
             sequence = torch.cat([sequence, predicted], dim=1)
         return sequence[:, num_context:]
 
-    def planning_cost(self, z_context: Tensor, z_goal: Tensor, context_actions: Tensor | None = None
-                      ) -> CostFn:
-        """Squared distance over all patch tokens of the last imagined frame to the goal's."""
-        return goal_distance_cost(self, z_context, z_goal, context_actions)
+    def planning_cost(self, z_context: Tensor, z_goal: Tensor, context_actions: Tensor | None = None,
+                      steps: str = "last") -> CostFn:
+        """Squared distance over all patch tokens of the imagined frames `steps` names to the goal's."""
+        return goal_distance_cost(self, z_context, z_goal, context_actions, steps)
 
     def forward(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Loss of a batch of clips (`pixels` uint8 (B, T, 3, H, W), `actions` (B, T, frameskip·A)): the

@@ -339,10 +339,10 @@ class JEPA(nn.Module):
             sequence.append(self.pred_proj(last))
         return torch.stack(sequence[num_context:], dim=1)
 
-    def planning_cost(self, z_context: Tensor, z_goal: Tensor, context_actions: Tensor | None = None
-                      ) -> CostFn:
-        """Squared distance between the last imagined embedding and the goal's (the reference's cost)."""
-        return goal_distance_cost(self, z_context, z_goal, context_actions)
+    def planning_cost(self, z_context: Tensor, z_goal: Tensor, context_actions: Tensor | None = None,
+                      steps: str = "last") -> CostFn:
+        """Squared distance between the imagined embeddings `steps` names and the goal's."""
+        return goal_distance_cost(self, z_context, z_goal, context_actions, steps)
 
     def embed_and_predict(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The embeddings (B, T, D) of a batch of clips (`pixels` uint8 (B, T, 3, H, W), `actions`
