@@ -108,7 +108,7 @@ class PlanConfig:
     precision: str  # auto | bf16 | fp32, as train.precision (encoding and rollouts of a solve)
     context_frames: int  # observed frames a solve starts from: the current one and those 1 … blocks earlier
     # the imagined latents the goal distance scores (lewm.models.goal_distance_cost): the horizon's `last`
-    # (the reference) or the sum over `every_step`; the simulator oracle scores the state its plan reaches
+    # (the reference) or the sum over `every_step` (the simulator oracle likewise scores its states)
     cost: str
     settings: Any
 

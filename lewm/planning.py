@@ -181,8 +181,11 @@ class SimulatorOracleAgent:
     """The planning protocol's ceiling: `LatentMPCAgent`'s solver, horizon and receding horizon with the
     true simulator as the world model. A candidate's blocks are de-normalised (the train statistics, as the
     model's), clipped to [−1, 1] and rolled out render-free from the TRUE current state (the env's
-    `simulate`); its cost is the world's `state_cost` of the state reached against the goal state. It reads
-    states, which no world model sees: a gap to it is the world model's, not the protocol's."""
+    `simulate`); its cost is the world's `state_cost` against the goal state of the state reached at the
+    horizon's end or, with `plan.cost: every_step` as the models' cost, summed over the state after each
+    block (each a rollout of its prefix from the true state: exact in every world, ~H/2 + 1/2 times the
+    rollouts of one). It reads states, which no world model sees: a gap to it is the world model's, not the
+    protocol's."""
 
     def __init__(self, world: World, env_kwargs: dict[str, Any], action_stats: ActionStats, action_dim: int,
                  frameskip: int, plan_cfg: PlanConfig, seed: int) -> None:
@@ -196,7 +199,8 @@ class SimulatorOracleAgent:
             raise ValueError(f"plan.solver={plan_cfg.solver} needs gradients of the cost; the simulator "
                              "oracle has none (use a sampling solver)")
         self.state_cost, self.action_stats, self.action_dim = world.state_cost, action_stats, action_dim
-        self.receding = plan_cfg.receding
+        self.receding, self.frameskip = plan_cfg.receding, frameskip
+        self.every_step = plan_cfg.cost == "every_step"
         self.goal_state: np.ndarray | None = None
         self.solve_times: list[float] = []
 
@@ -213,8 +217,12 @@ class SimulatorOracleAgent:
 
         def cost(candidates: Tensor) -> Tensor:
             sequences = np.clip(raw_actions(candidates, self.action_stats, self.action_dim), -1.0, 1.0)
-            reached = np.stack([self.simulator.simulate(state, actions) for actions in sequences])
-            return torch.as_tensor(self.state_cost(reached, goal_state), dtype=torch.float32)
+            steps = sequences.shape[1]
+            ends = range(self.frameskip, steps + 1, self.frameskip) if self.every_step else [steps]
+            total = sum(self.state_cost(np.stack([self.simulator.simulate(state, actions[:end])
+                                                  for actions in sequences]), goal_state)
+                        for end in ends)
+            return torch.as_tensor(total, dtype=torch.float32)
 
         with torch.inference_mode():
             result = self.solver.solve(cost)

@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from lewm.config import PlanConfig, load_params
 from lewm.data.clips import ActionStats
@@ -15,7 +16,7 @@ from lewm.envs.tworoom import TwoRoomEnv, TwoRoomExpert
 from lewm.envs.tworoom import env as tworoom
 from lewm.envs.tworoom.env import PREDICATES, crosses_wall, random_free_position, success
 from lewm.planning import SimulatorOracleAgent, ZeroAgent, run_episode
-from lewm.solvers import cem
+from lewm.solvers import PlanResult, cem
 from lewm.world import TELEPORT, PerturbationContext, UniformPolicy, teleport_destination
 
 WORLD = get_world("tworoom")
@@ -507,10 +508,11 @@ def test_state_cost_is_the_reference_predicate_in_units_of_its_tolerance():
     np.testing.assert_array_equal(cost(states, goal) < 1, success(states, goal, WORLD.headline))
 
 
-def test_the_simulator_oracle_reaches_a_goal_that_standing_still_does_not():
+@pytest.mark.parametrize("cost", ["last", "every_step"])
+def test_the_simulator_oracle_reaches_a_goal_that_standing_still_does_not(cost: str):
     """36 px away in the same room: the oracle (CEM on the true dynamics, tiny settings) gets within 16 px
     in a few steps; the zero action stays put."""
-    plan = PlanConfig("cem", cost="last", horizon=2, receding=1, seed=0, precision="fp32", context_frames=1,
+    plan = PlanConfig("cem", cost=cost, horizon=2, receding=1, seed=0, precision="fp32", context_frames=1,
                       settings=cem.Config(samples=64, elites=8, iterations=3, init_std=1.0, warm_start=True))
     stats = ActionStats(mean=np.zeros(2), std=np.ones(2))
     oracle = SimulatorOracleAgent(WORLD, {"image_size": 16}, stats, 2, 5, plan, seed=0)
@@ -521,3 +523,41 @@ def test_the_simulator_oracle_reaches_a_goal_that_standing_still_does_not():
                        for agent in (oracle, ZeroAgent(2)))
     assert reached.success(WORLD.headline) and not stayed.success(WORLD.headline)
     assert len(oracle.solve_times) >= 1
+
+
+class CostRecorder:
+    """A solver stand-in that keeps the cost it is given and returns a zero plan."""
+
+    differentiable = False
+
+    def __init__(self, horizon: int, block_dim: int) -> None:
+        self.shape, self.cost = (horizon, block_dim), None
+
+    def reset(self) -> None:
+        pass
+
+    def solve(self, cost):
+        self.cost = cost
+        return PlanResult(plan=torch.zeros(self.shape), elite_costs=[], best_costs=[])
+
+
+def test_the_every_step_oracle_sums_the_state_cost_after_each_block():
+    """`plan.cost: every_step`: the oracle's cost of a candidate is the state cost after block 1, 2 … H from
+    the true state; `last` only the state after block H."""
+    costs = {}
+    for cost in ("last", "every_step"):
+        plan = PlanConfig("cem", cost=cost, horizon=3, receding=1, seed=0, precision="fp32", context_frames=1,
+                          settings=cem.Config(samples=8, elites=2, iterations=1, init_std=1.0,
+                                              warm_start=True))
+        oracle = SimulatorOracleAgent(WORLD, {"image_size": 16}, ActionStats(np.zeros(2), np.ones(2)), 2, 5,
+                                      plan, seed=0)
+        oracle.solver = CostRecorder(3, 10)
+        oracle.start({"state": shifted(LEFT, 40.0, 0.0)})
+        oracle.act({"state": LEFT})
+        costs[cost] = oracle.solver.cost
+    blocks = torch.full((1, 3, 10), 0.5)  # every step's raw action is (0.5, 0.5)
+    path = [TwoRoomEnv(image_size=16).simulate(LEFT, np.full((5 * k, 2), 0.5)) for k in (1, 2, 3)]
+    goal = shifted(LEFT, 40.0, 0.0)
+    expected = [WORLD.state_cost(state[None], goal)[0] for state in path]
+    np.testing.assert_allclose(costs["last"](blocks).numpy(), [expected[-1]], rtol=1e-6)
+    np.testing.assert_allclose(costs["every_step"](blocks).numpy(), [sum(expected)], rtol=1e-6)
