@@ -544,7 +544,7 @@ class CostRecorder:
 def test_the_every_step_oracle_sums_the_state_cost_after_each_block():
     """`plan.cost: every_step`: the oracle's cost of a candidate is the state cost after block 1, 2 … H from
     the true state; `last` only the state after block H."""
-    costs = {}
+    goal, costs = shifted(LEFT, 40.0, 0.0), {}
     for cost in ("last", "every_step"):
         plan = PlanConfig("cem", cost=cost, horizon=3, receding=1, seed=0, precision="fp32", context_frames=1,
                           settings=cem.Config(samples=8, elites=2, iterations=1, init_std=1.0,
@@ -552,12 +552,11 @@ def test_the_every_step_oracle_sums_the_state_cost_after_each_block():
         oracle = SimulatorOracleAgent(WORLD, {"image_size": 16}, ActionStats(np.zeros(2), np.ones(2)), 2, 5,
                                       plan, seed=0)
         oracle.solver = CostRecorder(3, 10)
-        oracle.start({"state": shifted(LEFT, 40.0, 0.0)})
+        oracle.start({"state": goal})
         oracle.act({"state": LEFT})
         costs[cost] = oracle.solver.cost
     blocks = torch.full((1, 3, 10), 0.5)  # every step's raw action is (0.5, 0.5)
     path = [TwoRoomEnv(image_size=16).simulate(LEFT, np.full((5 * k, 2), 0.5)) for k in (1, 2, 3)]
-    goal = shifted(LEFT, 40.0, 0.0)
     expected = [WORLD.state_cost(state[None], goal)[0] for state in path]
     np.testing.assert_allclose(costs["last"](blocks).numpy(), [expected[-1]], rtol=1e-6)
     np.testing.assert_allclose(costs["every_step"](blocks).numpy(), [sum(expected)], rtol=1e-6)
